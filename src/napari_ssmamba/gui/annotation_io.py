@@ -1,0 +1,87 @@
+"""npe2 reader and writer for QuPath GeoJSON annotation files."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from napari_ssmamba.annotations import read_geojson
+from napari_ssmamba.annotations import write_geojson as write_annotations
+from napari_ssmamba.gui.layers import (
+    LayerDataTuple,
+    annotations_to_layer_data,
+    layer_to_annotations,
+)
+
+__all__ = ["get_geojson_reader", "read_geojson_layers", "write_geojson"]
+
+# A plain .json file is claimed only when its start looks like GeoJSON.
+_GEOJSON_START = re.compile(
+    rb'"type"\s*:\s*"(FeatureCollection|Feature|Polygon|MultiPolygon|Point|MultiPoint|'
+    rb'LineString|MultiLineString|GeometryCollection)"'
+)
+
+
+def get_geojson_reader(path: str | list[str]):
+    """The reader for ``path`` if it is GeoJSON: ``*.geojson``, or ``*.json`` that looks like it."""
+    paths = [path] if isinstance(path, str) else list(path)
+    if paths and all(_is_geojson(Path(p)) for p in paths):
+        return read_geojson_layers
+    return None
+
+
+def _is_geojson(path: Path) -> bool:
+    suffix = path.suffix.lower()
+    if suffix == ".geojson":
+        return True
+    if suffix != ".json" or not path.is_file():
+        return False
+    with open(path, "rb") as fh:
+        return _GEOJSON_START.search(fh.read(65536)) is not None
+
+
+def read_geojson_layers(path: str | list[str]) -> list[LayerDataTuple]:
+    """Shapes and points layers for QuPath GeoJSON files, placed on the slide open in napari.
+
+    Geometry repairs show as warnings (napari notifications); unreadable files raise
+    ``AnnotationError`` with the reason. The layers take the scale and translation of the
+    top-most image layer of the current viewer (the slide, in level-0 pixels, with µm scale),
+    else 1 px.
+    """
+    paths = [path] if isinstance(path, str) else list(path)
+    scale, translate = _current_slide_frame()
+    layers = []
+    for p in paths:
+        p = Path(p)
+        layer_data = annotations_to_layer_data(
+            read_geojson(p), mpp=scale, name=p.stem, translate=translate or (0.0, 0.0)
+        )
+        for _, meta, _ in layer_data:
+            meta["metadata"]["napari_ssmamba"]["source"] = str(p)
+        layers.extend(layer_data)
+    return layers
+
+
+def _current_slide_frame() -> tuple[tuple[float, float] | None, tuple[float, float] | None]:
+    import napari
+
+    viewer = napari.current_viewer()
+    if viewer is None:
+        return None, None
+    images = [layer for layer in viewer.layers if isinstance(layer, napari.layers.Image)]
+    if not images:
+        return None, None
+    slide = images[-1]
+    scale = tuple(float(s) for s in slide.scale[-2:])
+    translate = tuple(float(t) for t in slide.translate[-2:])
+    return (None if scale == (1.0, 1.0) else scale), translate
+
+
+def write_geojson(path: str, layer_data: list[tuple[Any, dict, str]]) -> list[str]:
+    """Write shapes and points layers to ``path`` as one QuPath GeoJSON FeatureCollection."""
+    annotations = []
+    for data, meta, layer_type in layer_data:
+        annotations.extend(layer_to_annotations((data, meta, layer_type)))
+    write_annotations(annotations, path)
+    return [str(path)]
