@@ -1,0 +1,169 @@
+"""napari reader for whole-slide images: one multiscale image layer per slide (one per channel
+for multiplexed slides), scaled in micrometres from the slide's MPP."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from napari_ssmamba.slide import Slide, SlideError, open_slide
+
+logger = logging.getLogger(__name__)
+
+#: what the manifest's filename patterns accept; ``.tif`` files that are not slides are left alone
+SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide", ".tif",
+                  ".tiff", ".qptiff", ".dcm")
+MICRONS = "um"
+PIXELS = "pixel"
+MISSING_MPP_HINT = ("shown in pixels. Set its pixel size in Plugins > SSMamba WSI > Settings "
+                    "(Set MPP) to get a scale bar in µm")
+
+
+def get_slide_reader(path: str | list[str]):
+    """npe2 reader contribution: a reader for ``path`` if it is a slide we can open, else None."""
+    if isinstance(path, (list, tuple)):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    if not str(path).lower().endswith(SLIDE_SUFFIXES):
+        return None
+    try:
+        slide = open_slide(path)
+    except SlideError as exc:
+        # another reader may know this file
+        logger.info("napari-ssmamba does not read %s: %s", path, exc)
+        return None
+    return functools.partial(_read_slide, slide)
+
+
+def _read_slide(slide: Slide, path) -> list[tuple]:
+    if slide.mpp is None:
+        warnings.warn(f"{slide.path.name} has no pixel size (MPP) in its metadata: "
+                      f"{MISSING_MPP_HINT}.", stacklevel=2)
+    return slide_layer_data(slide)
+
+
+def slide_layer_data(slide: Slide, name: str | None = None) -> list[tuple]:
+    """napari layer data for ``slide``: a multiscale image of its levels (level 0 first).
+
+    The layer holds ``slide.level_readers``, the tile readers under ``slide.levels``: napari
+    slices the visible region and gets numpy back, without dask's graph overhead (about 10x
+    faster per view on a 100,000 px slide) or napari's unbounded dask cache. The dask levels
+    are one attribute away, ``layer.metadata["slide"].levels``.
+    """
+    name = name or slide.path.name
+    scale = slide.mpp if slide.mpp is not None else (1.0, 1.0)
+    units = MICRONS if slide.mpp is not None else PIXELS
+    kwargs = {
+        "name": name,
+        "multiscale": True,
+        "scale": tuple(scale),
+        "units": (units, units),
+        "metadata": {
+            "slide_path": str(slide.path),
+            "mpp": slide.mpp,
+            "vendor": slide.vendor,
+            "slide": slide,
+        },
+    }
+    levels = slide.level_readers
+    if slide.is_rgb:
+        kwargs.update(rgb=True, contrast_limits=_dtype_range(slide.dtype))
+        return [(levels, kwargs, "image")]
+    # fluorescence: one layer per channel, in the file's colours, added together
+    names = slide.channel_names or ["Channel 0"]
+    colors = slide.channel_colors or [None] * slide.channel_count
+    overview = np.asarray(levels[-1])
+    layers = []
+    for c, (channel, color) in enumerate(zip(names, colors)):
+        channel_kwargs = {
+            **kwargs,
+            "name": name if slide.channel_count == 1 else f"{name} [{channel}]",
+            "rgb": False,
+            "colormap": "gray" if slide.channel_count == 1 else _colormap(channel, color, c),
+            "contrast_limits": _channel_limits(overview[..., c]),
+            "blending": "translucent" if c == 0 else "additive",
+        }
+        layers.append(([_Channel(level, c) for level in levels], channel_kwargs, "image"))
+    return layers
+
+
+class _Channel:
+    """One channel of a level reader, as a 2D array for napari."""
+
+    ndim = 2
+
+    def __init__(self, reader, channel: int):
+        self.reader = reader
+        self.channel = channel
+        self.shape = reader.shape[:2]
+        self.dtype = reader.dtype
+
+    @property
+    def size(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return np.asarray(self.reader, dtype=dtype)[..., self.channel]
+
+    def __getitem__(self, key) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        return self.reader[(*key, self.channel)]
+
+
+def _dtype_range(dtype: np.dtype) -> tuple[float, float]:
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return (float(info.min), float(info.max))
+    return (0.0, 1.0)
+
+
+def _channel_limits(channel) -> tuple[float, float]:
+    """Contrast limits from the overview: the 0.1 and 99.9 percentiles, never a zero range."""
+    values = np.asarray(channel)
+    low, high = (float(v) for v in np.percentile(values, (0.1, 99.9)))
+    if high <= low:
+        high = low + 1
+    return (low, high)
+
+
+_NAMED_COLORMAPS = {(255, 0, 0): "red", (0, 255, 0): "green", (0, 0, 255): "blue",
+                    (0, 255, 255): "cyan", (255, 0, 255): "magenta", (255, 255, 0): "yellow",
+                    (255, 255, 255): "gray"}
+_CYCLE = ("blue", "green", "red", "magenta", "cyan", "yellow")
+
+
+def _colormap(channel: str, color: tuple[int, int, int] | None, index: int):
+    """napari colormap for a fluorescence channel: its file colour, else a cycled one."""
+    if color is None:
+        return _CYCLE[index % len(_CYCLE)]
+    if tuple(color) in _NAMED_COLORMAPS:
+        return _NAMED_COLORMAPS[tuple(color)]
+    from napari.utils.colormaps import Colormap
+
+    rgb = [c / 255 for c in color]
+    return Colormap([[0, 0, 0, 1], [*rgb, 1]], name=f"{channel} {tuple(color)}")
+
+
+def set_layer_mpp(layer, mpp: tuple[float, float]) -> None:
+    """Give a slide layer a pixel size: scale (µm per level-0 px), units, metadata, and the
+    Slide object it shows."""
+    mpp = (float(mpp[0]), float(mpp[1]))
+    layer.scale = (*layer.scale[:-2], *mpp)
+    layer.units = (*layer.units[:-2], MICRONS, MICRONS)
+    layer.metadata["mpp"] = mpp
+    slide = layer.metadata.get("slide")
+    if isinstance(slide, Slide):
+        slide.mpp = mpp
+
+
+def is_slide_layer(layer) -> bool:
+    return getattr(layer, "metadata", None) is not None and "slide_path" in layer.metadata
+
+
+def slide_path_of(layer) -> Path | None:
+    return Path(layer.metadata["slide_path"]) if is_slide_layer(layer) else None

@@ -1,0 +1,46 @@
+"""Whole-slide images as pyramids of lazy dask arrays, through OpenSlide or tifffile.
+
+``open_slide(path, mpp=None) -> Slide``. Importing this package is cheap: OpenSlide, tifffile and
+dask are imported when a slide is opened.
+"""
+
+from napari_ssmamba.errors import SlideError
+from napari_ssmamba.slide.factory import open_slide
+from napari_ssmamba.slide.properties import (
+    PROPERTY_BACKGROUND_COLOR,
+    PROPERTY_COMMENT,
+    PROPERTY_MPP_X,
+    PROPERTY_MPP_Y,
+    PROPERTY_OBJECTIVE_POWER,
+    PROPERTY_VENDOR,
+)
+from napari_ssmamba.slide.slide import MIN_OVERVIEW_SIDE, LevelReader, Slide
+
+__all__ = [
+    "MIN_OVERVIEW_SIDE",
+    "PROPERTY_BACKGROUND_COLOR",
+    "PROPERTY_COMMENT",
+    "PROPERTY_MPP_X",
+    "PROPERTY_MPP_Y",
+    "PROPERTY_OBJECTIVE_POWER",
+    "PROPERTY_VENDOR",
+    "LevelReader",
+    "OpenSlideSlide",
+    "Slide",
+    "SlideError",
+    "TiffSlide",
+    "open_slide",
+]
+
+
+def __getattr__(name: str):
+    # the backend classes import their modules on first use
+    if name == "OpenSlideSlide":
+        from napari_ssmamba.slide.openslide_slide import OpenSlideSlide
+
+        return OpenSlideSlide
+    if name == "TiffSlide":
+        from napari_ssmamba.slide.tiff_slide import TiffSlide
+
+        return TiffSlide
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,39 @@
+import pytest
+
+from napari_ssmamba.gui.settings_widget import SettingsWidget
+from napari_ssmamba.settings import load_settings
+
+
+@pytest.fixture
+def widget(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    widget = SettingsWidget(viewer)
+    qtbot.addWidget(widget)
+    return widget
+
+
+def test_device_and_model_are_saved(widget):
+    widget.device.setCurrentText("cpu")
+    widget.model_path.setText("/models/colon.safetensors")
+    widget.model_path.editingFinished.emit()
+    assert load_settings().device == "cpu"
+    assert load_settings().default_model == "/models/colon.safetensors"
+    widget.model_path.setText("")
+    widget.model_path.editingFinished.emit()
+    assert load_settings().default_model is None
+
+
+def test_set_mpp_rescales_selected_slide_layers(widget, slides_dir):
+    viewer = widget.viewer
+    [layer] = viewer.open(slides_dir / "kidney-48-5.tif", plugin="napari-ssmamba")
+    viewer.add_points([[10, 10]], name="not a slide")
+    viewer.layers.selection = {layer}
+    assert widget.set_mpp.isEnabled()
+    widget.mpp.setValue(0.25)
+    widget.set_mpp.click()
+    assert tuple(layer.scale) == (0.25, 0.25)
+    assert [str(u) for u in layer.units] == ["micrometer", "micrometer"]
+    assert layer.metadata["mpp"] == (0.25, 0.25)
+    assert layer.metadata["slide"].mpp == (0.25, 0.25)
+    viewer.layers.selection = {viewer.layers["not a slide"]}
+    assert not widget.set_mpp.isEnabled()
