@@ -1,0 +1,219 @@
+"""Checkpoints: safetensors weights plus a JSON model card, written atomically, loaded without pickle.
+
+``dir/model.safetensors`` sits beside ``dir/model.json``. The card names the architecture, classes and
+colours, tile size, MPP and normalisation, a training summary, and the sha256 of the weights file, which
+is checked on load. A ``.pt``/``.pth`` file is read only through ``torch.load(weights_only=True)``, which
+refuses any object but tensors and plain containers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+from napari_ssmamba._atomic import atomic_open, atomic_path
+from napari_ssmamba.errors import CheckpointError
+
+FORMAT_VERSION = 1
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+DEFAULT_CHECKPOINT_DIR = Path(__file__).parent / "weights" / "default"
+
+
+@dataclasses.dataclass
+class ModelCard:
+    """What a checkpoint is: architecture, classes, input conventions and how it was trained."""
+
+    arch: str
+    class_names: list[str]
+    class_colors: list[tuple[int, int, int]]
+    tile_size: int = 224
+    mpp: float = 0.5
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    training: dict = dataclasses.field(default_factory=dict)
+    untrained: bool = False
+    model_kwargs: dict = dataclasses.field(default_factory=dict)
+    weights_sha256: str | None = None
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self):
+        self.class_names = [str(n) for n in self.class_names]
+        self.class_colors = [tuple(int(v) for v in c) for c in self.class_colors]
+        self.mean, self.std = tuple(self.mean), tuple(self.std)
+        if len(self.class_colors) != len(self.class_names):
+            raise ValueError(f"{len(self.class_names)} class names but {len(self.class_colors)} colours")
+        if any(len(c) != 3 or not all(0 <= v <= 255 for v in c) for c in self.class_colors):
+            raise ValueError(f"class colours must be (r, g, b) in 0-255, got {self.class_colors}")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "<dict>") -> ModelCard:
+        """Build a card from its JSON dict; unknown keys are kept out, missing ones are an error."""
+        version = data.get("format_version", 0)
+        if version > FORMAT_VERSION:
+            raise CheckpointError(
+                f"{source}: model card format {version} is newer than this napari-ssmamba reads "
+                f"({FORMAT_VERSION}); upgrade napari-ssmamba")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        missing = [k for k in ("arch", "class_names", "class_colors") if k not in data]
+        if missing:
+            raise CheckpointError(f"{source}: model card lacks {missing}; re-save it with save_checkpoint")
+        try:
+            return cls(**{k: v for k, v in data.items() if k in fields})
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{source}: invalid model card ({exc}); fix the JSON or re-save") from exc
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def card_path_for(weights_path: Path) -> Path:
+    return weights_path.with_suffix(".json")
+
+
+def save_checkpoint(model, card: ModelCard, path) -> Path:
+    """Write ``model``'s weights to ``path`` (.safetensors; a directory gets model.safetensors) and the
+    card beside it as .json, both atomically; the card records the weights' sha256. Returns the path."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        path = path / "model.safetensors"
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    out_features = getattr(head, "out_features", 0)
+    if out_features != card.num_classes:
+        raise ValueError(f"the model has {out_features} outputs but the card names "
+                         f"{card.num_classes} classes; make them agree before saving {path}")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt", "arch": card.arch})
+        sha = _sha256(tmp)
+    card = dataclasses.replace(card, weights_sha256=sha, format_version=FORMAT_VERSION)
+    with atomic_open(card_path_for(path)) as fh:
+        json.dump(card.to_dict(), fh, indent=2)
+    return path
+
+
+def _resolve(path: Path) -> tuple[Path, Path]:
+    """(weights, card) for a weights file, a card, or a checkpoint directory."""
+    if path.is_dir():
+        candidates = sorted(path.glob("*.safetensors")) or sorted(
+            p for s in PICKLE_SUFFIXES for p in path.glob(f"*{s}"))
+        if not candidates:
+            raise CheckpointError(f"{path}: no .safetensors weights in this folder; point at a "
+                                  "checkpoint written by save_checkpoint")
+        path = candidates[0]
+    if path.suffix == ".json":
+        weights = [path.with_suffix(s) for s in (".safetensors", *PICKLE_SUFFIXES)]
+        found = [w for w in weights if w.exists()]
+        if not found:
+            raise CheckpointError(f"{path}: no weights file beside this card "
+                                  f"(expected {path.with_suffix('.safetensors').name})")
+        return found[0], path
+    return path, card_path_for(path)
+
+
+def read_card(path) -> ModelCard:
+    """Read the model card of a checkpoint (weights file, card or directory) without loading weights."""
+    _, card_path = _resolve(Path(path))
+    try:
+        data = json.loads(card_path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{card_path}: model card not found; a checkpoint needs its .json card "
+                              "beside the weights (write both with save_checkpoint)") from exc
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{card_path}: unreadable model card ({exc}); restore or re-save it") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{card_path}: model card is not a JSON object; re-save it")
+    return ModelCard.from_dict(data, source=str(card_path))
+
+
+def _read_weights(path: Path) -> dict:
+    import torch
+
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+    if path.suffix in PICKLE_SUFFIXES:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # the safe unpickler refuses anything but tensors and containers
+            raise CheckpointError(
+                f"{path}: refused to load this pickle file ({type(exc).__name__}); only plain tensor "
+                "state dicts are read. Convert it to safetensors with save_checkpoint in a trusted "
+                "session") from exc
+        if isinstance(state, dict):
+            for key in ("state_dict", "model"):
+                if isinstance(state.get(key), dict):
+                    state = state[key]
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise CheckpointError(f"{path}: holds no tensor state dict")
+        return state
+    raise CheckpointError(f"{path}: unknown weights format {path.suffix!r}; use .safetensors")
+
+
+def load_checkpoint(path, device="cpu", scan_backend: str = "auto"):
+    """Load ``(model, card)`` from a weights file, its card, or a checkpoint directory.
+
+    Never unpickles arbitrary objects. Raises :class:`CheckpointError` naming the file and the fix when
+    the card is missing or invalid, the weights' sha256 differs from the card's, or the weights do not
+    fit the card's architecture.
+    """
+    from napari_ssmamba.model.registry import create_model, list_models
+    from napari_ssmamba.model.ssmamba import checkpoint_filter_fn
+
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    weights_path, card_path = _resolve(path)
+    card = read_card(card_path)
+    if card.weights_sha256 is not None and _sha256(weights_path) != card.weights_sha256:
+        raise CheckpointError(
+            f"{weights_path}: sha256 differs from the one in {card_path.name}; the weights were "
+            "replaced or damaged. Restore the pair as saved, or re-save with save_checkpoint")
+    if card.arch not in list_models():
+        raise CheckpointError(f"{card_path}: unknown architecture {card.arch!r}; known: "
+                              f"{', '.join(list_models())}")
+    model = create_model(card.arch, num_classes=card.num_classes, scan_backend=scan_backend,
+                         **card.model_kwargs)
+    state = checkpoint_filter_fn(_read_weights(weights_path), model)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"{weights_path} does not match its card {card_path.name} (arch {card.arch!r}, "
+            f"{card.num_classes} classes): {str(exc).splitlines()[0]} ... Fix 'arch'/'class_names' "
+            "in the card or re-save the checkpoint with save_checkpoint") from exc
+    model.pretrained_cfg = model.default_cfg = dict(
+        model.pretrained_cfg, tile_size=card.tile_size, mpp=card.mpp, mean=card.mean, std=card.std)
+    return model.to(device).eval(), card
+
+
+def default_checkpoint() -> Path:
+    """The bundled default model (``model/weights/default/model.safetensors``)."""
+    path = DEFAULT_CHECKPOINT_DIR / "model.safetensors"
+    if not path.exists() or not card_path_for(path).exists():
+        raise CheckpointError(
+            f"{path}: the bundled default model is missing from this installation; reinstall "
+            "napari-ssmamba, or pass a checkpoint path (ssmamba train writes one)")
+    return path

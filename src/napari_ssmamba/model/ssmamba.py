@@ -1,0 +1,231 @@
+"""SSMamba: a hierarchical hybrid backbone of convolution, DMS state-space and attention blocks.
+
+Layout (channels-last inside): a convolutional stem to 1/4, four stages at 1/4, 1/8, 1/16, 1/32 with a
+2x2 stride-2 convolution between them. Stages 1-2 hold ConvBlocks (LPR + MLP), stage 3 DMS blocks, and
+stage 4 DMS blocks followed by ``num_attention_blocks`` attention blocks, where 7x7 tokens (224 px) make
+global attention cheap. See docs/model.md for the reasons behind each choice.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from napari_ssmamba.model.blocks import AttentionBlock, ConvBlock, DMSBlock, Downsample, Stem
+from napari_ssmamba.model.registry import register_model
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class SSMambaStage(nn.Module):
+    def __init__(self, dim: int, dim_out: int, depth: int, block_type: str, num_attention_blocks=0,
+                 mlp_ratio=3.0, d_state=8, num_heads=8, drop_path=(0.0,), ls_init_value=None,
+                 downsample=True, dms_kwargs=None):
+        super().__init__()
+        norm = "batch" if block_type == "conv" else "layer"
+        self.downsample = Downsample(dim, dim_out, norm=norm) if downsample else nn.Identity()
+        self.grad_checkpointing = False
+        blocks = []
+        for i in range(depth):
+            common = dict(mlp_ratio=mlp_ratio, drop_path=drop_path[i], ls_init_value=ls_init_value)
+            if i >= depth - num_attention_blocks:
+                blocks.append(AttentionBlock(dim_out, num_heads=num_heads, **common))
+            elif block_type == "dms":
+                blocks.append(DMSBlock(dim_out, d_state=d_state, **(dms_kwargs or {}), **common))
+            else:
+                blocks.append(ConvBlock(dim_out, **common))
+        self.blocks = nn.Sequential(*blocks)
+
+    def forward(self, x):
+        x = self.downsample(x)
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            for block in self.blocks:
+                x = checkpoint(block, x, use_reentrant=False)
+            return x
+        return self.blocks(x)
+
+
+class SSMamba(nn.Module):
+    """SSMamba classifier; ``forward(x)`` maps (B, in_chans, H, W) normalised images to logits."""
+
+    def __init__(self, num_classes: int = 1000, in_chans: int = 3, dims=(64, 128, 256, 512),
+                 depths=(2, 2, 6, 2), stage_types=("conv", "conv", "dms", "dms"),
+                 num_attention_blocks: int = 1, mlp_ratio: float = 3.0, d_state: int = 8,
+                 head_dim: int = 32, drop_rate: float = 0.0, drop_path_rate: float = 0.0,
+                 ls_init_value: float | None = None, num_directions: int = 4, pooled_scale: bool = True,
+                 scan_backend: str = "auto"):
+        super().__init__()
+        self.num_classes = num_classes
+        self.num_features = dims[-1]
+        self.drop_rate = drop_rate
+        self.stem_stride = 4
+        self.reduction = 32
+        self.stem = Stem(in_chans, dims[0])
+        self.mask_token = nn.Parameter(torch.zeros(dims[0]))
+        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        stages, start, dim_in = [], 0, dims[0]
+        for i, (dim, depth) in enumerate(zip(dims, depths)):
+            stages.append(SSMambaStage(
+                dim_in, dim, depth, stage_types[i],
+                num_attention_blocks=num_attention_blocks if i == len(dims) - 1 else 0,
+                mlp_ratio=mlp_ratio, d_state=d_state, num_heads=max(1, dim // head_dim),
+                drop_path=dpr[start:start + depth], ls_init_value=ls_init_value,
+                downsample=i > 0, dms_kwargs=dict(num_directions=num_directions,
+                                                  pooled_scale=pooled_scale, scan_backend=scan_backend)))
+            start += depth
+            dim_in = dim
+        self.stages = nn.Sequential(*stages)
+        self.norm = nn.LayerNorm(self.num_features)
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+        self.apply(self._init_weights)
+        nn.init.normal_(self.mask_token, std=0.02)
+
+    @staticmethod
+    def _init_weights(m):
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    def set_grad_checkpointing(self, enable: bool = True):
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    def set_scan_backend(self, backend: str):
+        """Use scan ``backend`` ("auto", "ref", "cpu", "triton", "mamba_ssm") in every DMS mixer."""
+        for m in self.modules():
+            if hasattr(m, "scan_backend"):
+                m.scan_backend = backend
+
+    def get_classifier(self):
+        return self.head
+
+    def reset_classifier(self, num_classes: int):
+        self.num_classes = num_classes
+        device = self.norm.weight.device
+        self.head = (nn.Linear(self.num_features, num_classes, device=device) if num_classes
+                     else nn.Identity())
+
+    def _stem(self, x, mask=None):
+        x = self.stem(x.contiguous(memory_format=torch.channels_last))
+        if mask is not None:
+            mask = _mask_at(mask, x.shape[1:3]).to(x.device)
+            x = torch.where(mask[..., None], self.mask_token.to(x.dtype), x)
+        return x
+
+    def forward_feature_map(self, x, mask=None):
+        """(B, in_chans, H, W) -> normalised last-stage map (B, H/32, W/32, num_features), channels-last."""
+        return self.norm(self.stages(self._stem(x, mask)))
+
+    def forward_features(self, x):
+        """(B, in_chans, H, W) -> pooled features (B, num_features)."""
+        return self.norm(self.stages(self._stem(x)).mean(dim=(1, 2)))
+
+    def forward_head(self, x, pre_logits: bool = False):
+        x = F.dropout(x, self.drop_rate, self.training)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+    def forward_masked(self, x, mask):
+        """MAMIM hook: replace masked stem tokens by the learned mask token, run all stages.
+
+        ``mask`` is boolean (B, h, w) at the stem's 1/4 resolution or any coarser grid that divides it
+        (a 1/32 patch mask is repeated up); True means masked. Tokens are replaced, never dropped, so
+        the scans see the whole grid. Returns the normalised last-stage map (B, num_features, H/32,
+        W/32), NCHW for a light reconstruction decoder.
+        """
+        return self.forward_feature_map(x, mask).permute(0, 3, 1, 2)
+
+    @torch.no_grad()
+    def lpr_maps(self, x, stages=(1, 2, 3)):
+        """LPR attention view: (B, H, W) in [0, 1] per image, at the input's size.
+
+        Each LPR branch of the chosen stages records ``|dwconv(x)|`` per position; each map is scaled
+        to [0, 1] per image, upsampled bilinearly to the input size, and the maps are averaged.
+        """
+        lprs = [b.lpr for i in stages for b in self.stages[i].blocks]
+        for lpr in lprs:
+            lpr.record = True
+        try:
+            self.forward_features(x)
+            total = None
+            for lpr in lprs:
+                r = _normalise(lpr.response)[:, None]
+                r = F.interpolate(r, size=x.shape[-2:], mode="bilinear", align_corners=False)
+                total = r if total is None else total + r
+        finally:
+            for lpr in lprs:
+                lpr.record, lpr.response = False, None
+        return _normalise(total[:, 0])
+
+
+def _normalise(maps):
+    flat = maps.flatten(1)
+    lo, hi = flat.min(1).values, flat.max(1).values
+    return (maps - lo.view(-1, 1, 1)) / (hi - lo).clamp_min(1e-12).view(-1, 1, 1)
+
+
+def _mask_at(mask, hw):
+    h, w = hw
+    if mask.shape[-2:] != (h, w):
+        if h % mask.shape[-2] or w % mask.shape[-1]:
+            raise ValueError(f"mask grid {tuple(mask.shape[-2:])} does not divide the stem grid {hw}")
+        mask = mask.repeat_interleave(h // mask.shape[-2], -2).repeat_interleave(w // mask.shape[-1], -1)
+    return mask.bool()
+
+
+def checkpoint_filter_fn(state_dict: dict, model: SSMamba) -> dict:
+    """Rewrite older key layouts into the current names; drop a mismatched classifier.
+
+    Format 0 called the DMS merge weights ``mixer.path_weight`` and the stem ``patch_embed``.
+    """
+    out = {}
+    for key, value in state_dict.items():
+        key = key.replace("patch_embed.", "stem.").replace("mixer.path_weight", "mixer.merge")
+        out[key] = value
+    return out
+
+
+def _cfg(**kwargs):
+    return dict(tile_size=224, mpp=0.5, mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation="bilinear",
+                classifier="head", **kwargs)
+
+
+MODEL_ARGS = {
+    "ssmamba_test": dict(dims=(16, 32, 48, 64), depths=(1, 1, 1, 2), d_state=4, head_dim=16),
+    "ssmamba_tiny": dict(dims=(48, 96, 192, 384), depths=(1, 2, 4, 2)),
+    "ssmamba_small": dict(dims=(64, 128, 256, 512), depths=(2, 2, 6, 2)),
+    "ssmamba_base": dict(dims=(96, 192, 384, 768), depths=(2, 3, 8, 3), d_state=8),
+}
+
+
+def _create_ssmamba(name, **kwargs):
+    model = SSMamba(**{**MODEL_ARGS[name], **kwargs})
+    model.pretrained_cfg = model.default_cfg = dict(_cfg(), architecture=name)
+    return model
+
+
+def ssmamba_test(**kwargs):
+    """A tiny SSMamba for tests: every block type, a few thousand parameters."""
+    return _create_ssmamba("ssmamba_test", **kwargs)
+
+
+def ssmamba_tiny(**kwargs):
+    return _create_ssmamba("ssmamba_tiny", **kwargs)
+
+
+def ssmamba_small(**kwargs):
+    return _create_ssmamba("ssmamba_small", **kwargs)
+
+
+def ssmamba_base(**kwargs):
+    return _create_ssmamba("ssmamba_base", **kwargs)
+
+
+for _fn in (ssmamba_test, ssmamba_tiny, ssmamba_small, ssmamba_base):
+    register_model(_fn, _cfg(architecture=_fn.__name__))
