@@ -1,0 +1,162 @@
+"""``ssmamba classify``: classify the ROIs (or the whole tissue) of one slide and write the exports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+class MppType(click.ParamType):
+    """µm per pixel: one number (square pixels) or ``Y,X``."""
+
+    name = "MPP"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            parts = [float(v) for v in str(value).replace(" ", "").split(",")]
+        except ValueError:
+            self.fail(f"{value!r} is not a number or a pair Y,X of numbers", param, ctx)
+        if len(parts) == 1:
+            parts = parts * 2
+        if len(parts) != 2 or min(parts) <= 0:
+            self.fail(f"{value!r}: give one positive number or Y,X", param, ctx)
+        return tuple(parts)
+
+
+@click.command()
+@click.argument("slide", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--roi",
+    "roi_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="QuPath GeoJSON of the ROIs to classify. Default: the whole tissue.",
+)
+@click.option(
+    "--model",
+    "checkpoint",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="Checkpoint: model.safetensors or its folder. Default: the bundled model.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output folder: <stem>.geojson, .heatmap.tif, .png, .tiles.csv and .run.json.",
+)
+@click.option(
+    "--mpp",
+    type=MppType(),
+    default=None,
+    help="µm per pixel of level 0 when the slide does not record it: one number, or Y,X.",
+)
+@click.option(
+    "--stride-px",
+    "stride",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Tile stride in model-input pixels. Default: the tile size (no overlap).",
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Tiles per model batch. Default: chosen for the device (halved on GPU out-of-memory).",
+)
+def classify(
+    slide: Path,
+    roi_path: Path | None,
+    checkpoint: Path | None,
+    out_dir: Path,
+    mpp: tuple[float, float] | None,
+    stride: int | None,
+    device: str,
+    batch_size: int | None,
+) -> None:
+    """Classify the ROIs of SLIDE (or its whole tissue) and write the exports to --out."""
+    record = run_classify(
+        slide,
+        out_dir,
+        roi_path=roi_path,
+        checkpoint=checkpoint,
+        mpp=mpp,
+        stride=stride,
+        device=device,
+        batch_size=batch_size,
+    )
+    print_record(record, out_dir)
+
+
+def run_classify(
+    slide,
+    out_dir,
+    roi_path=None,
+    checkpoint=None,
+    mpp=None,
+    stride=None,
+    device="auto",
+    batch_size=None,
+) -> dict:
+    """Load the model, run the pipeline with a progress bar; our errors become ClickExceptions."""
+    from rich.progress import Progress
+
+    from napari_ssmamba.errors import SSMambaError
+    from napari_ssmamba.inference import run_slide
+    from napari_ssmamba.model import default_checkpoint, load_checkpoint
+
+    try:
+        checkpoint = checkpoint or default_checkpoint()
+        model, card = load_checkpoint(checkpoint, device="cpu")
+        if card.untrained:
+            click.secho(
+                f"warning: the model {checkpoint} is UNTRAINED; its classes are not a result.",
+                fg="yellow",
+                err=True,
+            )
+        with Progress(transient=True) as bar:
+            task = bar.add_task("classifying", total=None)
+
+            def progress(done: int, total: int, message: str = "") -> None:
+                bar.update(task, completed=done, total=total, description=message or "classifying")
+
+            return run_slide(
+                slide,
+                model,
+                card,
+                out_dir,
+                rois=roi_path,
+                mpp=mpp,
+                device=device,
+                stride=stride,
+                batch_size=batch_size,
+                progress=progress,
+                run_info={"command": "ssmamba classify", "model_path": str(checkpoint)},
+            )
+    except (SSMambaError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def print_record(record: dict, out_dir: Path) -> None:
+    """Print the ROI classes and the files written."""
+    summary = record["summary"]
+    click.echo(
+        f"{summary['tiles']} tiles classified, {summary['background_tiles']} background "
+        "tiles skipped"
+    )
+    for index, roi in enumerate(summary["rois"], start=1):
+        name = roi["name"] or f"ROI {index}"
+        verdict = f"{roi['class']} ({roi['confidence']:.2f})" if roi["class"] else "no tissue"
+        click.echo(f"  {name}: {verdict}, {roi['n_tiles']} tiles")
+    if record["model"]["untrained"]:
+        click.secho("  (untrained model: these classes are not a result)", fg="yellow")
+    from napari_ssmamba.export import output_paths, slide_stem
+
+    click.echo(f"outputs in {out_dir}:")
+    for path in output_paths(out_dir, slide_stem(record["slide"]["path"])).values():
+        click.echo(f"  {path}")

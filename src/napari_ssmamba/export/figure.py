@@ -1,0 +1,93 @@
+"""A PNG figure of a classification: slide thumbnail, blended class heatmap, ROI outlines, legend
+and scale bar. Drawn with PIL only."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from napari_ssmamba._atomic import atomic_path
+from napari_ssmamba.export.tiff import render_heatmap_rgba
+
+HEATMAP_ALPHA = 0.5
+#: scale bar lengths to choose from, in µm
+SCALE_BAR_UM = (10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000)
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=size)
+
+
+def render_figure(result, thumbnail: np.ndarray, legend_width: int = 220):
+    """The figure as a PIL image; ``thumbnail`` is an RGB image of the whole slide."""
+    from PIL import Image, ImageDraw
+
+    thumb = Image.fromarray(np.asarray(thumbnail)[..., :3].astype(np.uint8))
+    tw, th = thumb.size
+    width, height = result.slide_dimensions_wh
+    sx, sy = tw / width, th / height
+
+    rgba, cell = render_heatmap_rgba(result)
+    full_w = round(rgba.shape[1] * cell * sx)
+    full_h = round(rgba.shape[0] * cell * sy)
+    overlay = Image.fromarray(rgba, "RGBA").resize((max(full_w, 1), max(full_h, 1)), Image.NEAREST)
+    overlay = overlay.crop((0, 0, tw, th))
+    alpha = np.asarray(overlay)[..., 3:4].astype(np.float32) / 255.0 * HEATMAP_ALPHA
+    blended = np.asarray(thumb, np.float32) * (1 - alpha) + np.asarray(overlay)[..., :3] * alpha
+    canvas = Image.new("RGB", (tw + legend_width, max(th, 200)), "white")
+    canvas.paste(Image.fromarray(blended.round().astype(np.uint8)), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+
+    for roi in result.rois:
+        color = result.class_colors[roi.class_index] if roi.class_index is not None else (0, 0, 0)
+        for polygon in getattr(roi.geometry, "geoms", [roi.geometry]):
+            if polygon.is_empty or not hasattr(polygon, "exterior"):
+                continue
+            for ring in [polygon.exterior, *polygon.interiors]:
+                xy = [(x * sx, y * sy) for x, y in ring.coords]
+                draw.line(xy, fill=tuple(color), width=2)
+
+    font, small = _font(14), _font(12)
+    x0, y = tw + 12, 12
+    draw.text((x0, y), "Classes", fill="black", font=font)
+    y += 22
+    for name, color in zip(result.class_names, result.class_colors):
+        draw.rectangle([x0, y, x0 + 14, y + 14], fill=tuple(color), outline="black")
+        draw.text((x0 + 22, y), name, fill="black", font=small)
+        y += 20
+    y += 8
+    for roi_index, roi in enumerate(result.rois[:12]):
+        label = "Tissue" if result.whole_tissue else f"ROI {roi_index + 1}"
+        text = (
+            f"{label}: {roi.class_name} ({roi.confidence:.2f})"
+            if roi.class_name
+            else f"{label}: no tissue"
+        )
+        draw.text((x0, y), text, fill="black", font=small)
+        y += 16
+    if result.untrained:
+        draw.text((x0, y + 8), "UNTRAINED MODEL:\nnot a result", fill=(200, 0, 0), font=font)
+
+    um_per_px = result.mpp_yx[1] / sx
+    target = tw * um_per_px / 5
+    length_um = max([s for s in SCALE_BAR_UM if s <= target] or [SCALE_BAR_UM[0]])
+    length_px = length_um / um_per_px
+    bx, by = 12, th - 24
+    draw.rectangle([bx - 4, by - 18, bx + length_px + 4, by + 8], fill="white")
+    draw.rectangle([bx, by, bx + length_px, by + 5], fill="black")
+    label = f"{length_um / 1000:g} mm" if length_um >= 1000 else f"{length_um} um"
+    draw.text((bx, by - 16), label, fill="black", font=small)
+    return canvas
+
+
+def write_figure(result, path: str | os.PathLike, thumbnail: np.ndarray) -> Path:
+    """Write the figure of ``result`` as a PNG, atomically."""
+    path = Path(path)
+    image = render_figure(result, thumbnail)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+    return path

@@ -1,0 +1,74 @@
+"""Results as QuPath objects: ROIs as classified annotations, tiles as detections.
+
+ROI measurements: ``prob_<class>`` (the ROI's tissue-weighted mean probability), ``confidence``,
+``n_tiles`` and ``n_background_tiles``. Tile measurements: ``prob_<class>`` and ``tissue_fraction``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def result_annotations(result, tiles: bool = True) -> list:
+    """The ROIs (and tiles) of ``result`` as :class:`~napari_ssmamba.annotations.Annotation` s."""
+    import shapely
+
+    from napari_ssmamba.annotations import Annotation
+
+    names, colors = result.class_names, result.class_colors
+    out = []
+    for index, roi in enumerate(result.rois):
+        if roi.geometry is None or roi.geometry.is_empty:  # whole tissue with no tissue tile
+            continue
+        measurements = {f"prob_{c}": float(p) for c, p in zip(names, roi.probabilities)}
+        measurements.update(
+            confidence=float(roi.confidence),
+            n_tiles=int(roi.n_tiles),
+            n_background_tiles=int(roi.n_background_tiles),
+        )
+        source = roi.annotation if hasattr(roi.annotation, "geometry") else None
+        fields = {}
+        if source is not None:
+            fields = {"id": source.id, "name": source.name, "is_ellipse": source.is_ellipse}
+        fields.setdefault("name", "Tissue" if result.whole_tissue else f"ROI {index + 1}")
+        out.append(
+            Annotation(
+                geometry=roi.geometry,
+                object_type="annotation",
+                class_name=roi.class_name,
+                color=colors[roi.class_index] if roi.class_index is not None else None,
+                measurements=measurements,
+                **fields,
+            )
+        )
+    if tiles:
+        boxes = result.tile_boxes_l0
+        polygons = shapely.box(
+            boxes[:, 0], boxes[:, 1], boxes[:, 0] + boxes[:, 2], boxes[:, 1] + boxes[:, 3]
+        )
+        for polygon, probs, tissue in zip(
+            polygons, result.tile_probabilities, result.tile_tissue_fraction
+        ):
+            k = int(np.argmax(probs))
+            measurements = {f"prob_{c}": float(p) for c, p in zip(names, probs)}
+            measurements["tissue_fraction"] = float(tissue)
+            out.append(
+                Annotation(
+                    geometry=polygon,
+                    object_type="detection",
+                    class_name=names[k],
+                    color=colors[k],
+                    measurements=measurements,
+                )
+            )
+    return out
+
+
+def write_result_geojson(result, path: str | os.PathLike) -> Path:
+    """Write ``result`` as QuPath GeoJSON (atomic, through annotations.write_geojson)."""
+    from napari_ssmamba.annotations import write_geojson
+
+    return write_geojson(result_annotations(result), Path(path))

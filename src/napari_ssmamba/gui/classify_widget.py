@@ -1,0 +1,452 @@
+"""The Classify ROIs widget: pick a slide, ROIs and a model; Run shows classes, heatmaps and attention.
+
+The widget only routes: the work is :func:`napari_ssmamba.inference.classify_slide`, run in a
+thread worker. Results are laid over the slide layer with scale and translate taken from it, so
+they stay aligned at every zoom. Predicted classes go to the ``predicted_class`` and
+``confidence`` feature columns of the ROI layer, never to ``class_name`` (the ROI's label).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSlider,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+WHOLE_TISSUE = "(whole tissue)"
+BUNDLED_MODEL = "Bundled default model"
+CHECKPOINT_FILE = "Checkpoint file"
+HEATMAP_COLORMAP = "magma"
+ATTENTION_COLORMAP = "inferno"
+#: values below this fade to transparent, so that empty cells and low values show the slide
+FADE_BELOW = 0.25
+LABELS_LAYER = "classes"
+ATTENTION_LAYER = "LPR attention"
+UNTRAINED_TEXT = "UNTRAINED model: the classes shown are not a result."
+
+
+def fading_colormap(name: str, fade_below: float = FADE_BELOW):
+    """napari colormap ``name`` whose opacity rises from 0 at value 0 to 1 at ``fade_below``."""
+    from napari.utils.colormaps import Colormap, ensure_colormap
+
+    base = ensure_colormap(name)
+    controls = np.linspace(0.0, 1.0, 33)
+    colors = base.map(controls)
+    colors[:, 3] = np.clip(controls / fade_below, 0.0, 1.0)
+    return Colormap(colors=colors, controls=controls, name=f"{name} (fading)")
+
+
+def is_slide_layer(layer) -> bool:
+    """Image layers our slide reader made (they carry the Slide in their metadata)."""
+    return layer._type_string == "image" and "slide" in layer.metadata
+
+
+class ClassifyWidget(QWidget):
+    """Classify the ROIs of a slide layer (or its whole tissue) and show the result in place."""
+
+    def __init__(self, napari_viewer):
+        from napari_ssmamba.inference import ClassificationCache
+        from napari_ssmamba.settings import DEVICES, load_settings
+
+        super().__init__()
+        self.viewer = napari_viewer
+        self.result = None
+        self.result_layers: dict[str, object] = {}
+        self._cache = ClassificationCache()
+        self._models: dict[str, tuple] = {}
+        self._worker = None
+        self._cancel = None
+        self._run_slide_layer = None
+        self._run_roi_layer = None
+        settings = load_settings()
+
+        self.slide_combo = QComboBox()
+        self.roi_combo = QComboBox()
+        self.model_combo = QComboBox()
+        self.model_combo.addItems([BUNDLED_MODEL, CHECKPOINT_FILE])
+        self.model_path = QLineEdit(settings.default_model or "")
+        self.model_path.setPlaceholderText("model.safetensors or its folder")
+        if settings.default_model:
+            self.model_combo.setCurrentText(CHECKPOINT_FILE)
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self._on_browse)
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(list(DEVICES))
+        self.device_combo.setCurrentText(settings.device)
+        self.stride_spin = QSpinBox()
+        self.stride_spin.setRange(0, 4096)
+        self.stride_spin.setSpecialValueText("tile size (no overlap)")
+        self.stride_spin.setSuffix(" px")
+        self.stride_spin.setToolTip(
+            "Tile stride in model-input pixels; smaller than the tile "
+            "size means overlapping tiles and a finer heatmap."
+        )
+        self.run_button = QPushButton("Run")
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.status_label = QLabel("")
+        self.status_label.setWordWrap(True)
+        self.warning_label = QLabel(UNTRAINED_TEXT)
+        self.warning_label.setStyleSheet("color: white; background: #b00020; padding: 4px;")
+        self.warning_label.setWordWrap(True)
+        self.warning_label.setVisible(False)
+        self.legend_label = QLabel("")
+        self.legend_label.setTextFormat(Qt.TextFormat.RichText)
+        self.attention_check = QCheckBox("Show LPR attention")
+        self.attention_check.toggled.connect(self._on_attention_toggled)
+        self.attention_slider = QSlider(Qt.Orientation.Horizontal)
+        self.attention_slider.setRange(0, 100)
+        self.attention_slider.setValue(60)
+        self.attention_slider.valueChanged.connect(self._on_attention_opacity)
+
+        model_row = QHBoxLayout()
+        model_row.addWidget(self.model_path)
+        model_row.addWidget(browse)
+        form = QFormLayout()
+        form.addRow("Slide", self.slide_combo)
+        form.addRow("ROIs", self.roi_combo)
+        form.addRow("Model", self.model_combo)
+        form.addRow("", model_row)
+        form.addRow("Device", self.device_combo)
+        form.addRow("Stride", self.stride_spin)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        attention_row = QHBoxLayout()
+        attention_row.addWidget(self.attention_check)
+        attention_row.addWidget(QLabel("opacity"))
+        attention_row.addWidget(self.attention_slider)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.warning_label)
+        layout.addWidget(self.status_label)
+        layout.addWidget(self.legend_label)
+        layout.addLayout(attention_row)
+        layout.addStretch(1)
+
+        for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
+            event.connect(self._refresh_layer_choices)
+        self._refresh_layer_choices()
+
+    # --- choices -----------------------------------------------------------------------------
+
+    def _refresh_layer_choices(self, event=None) -> None:
+        slide_names = [layer.name for layer in self.viewer.layers if is_slide_layer(layer)]
+        roi_names = [layer.name for layer in self.viewer.layers if layer._type_string == "shapes"]
+        _set_items(self.slide_combo, slide_names)
+        _set_items(self.roi_combo, [WHOLE_TISSUE, *roi_names])
+
+    def _on_browse(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Model checkpoint", "", "Checkpoints (*.safetensors *.json)"
+        )
+        if path:
+            self.model_path.setText(path)
+            self.model_combo.setCurrentText(CHECKPOINT_FILE)
+
+    def _checkpoint(self) -> Path | None:
+        if self.model_combo.currentText() == CHECKPOINT_FILE and self.model_path.text().strip():
+            return Path(self.model_path.text().strip())
+        return None
+
+    # --- running -----------------------------------------------------------------------------
+
+    def run(self):
+        """Classify with the current choices in a thread worker; return the worker (None if not started)."""
+        from napari.utils.notifications import show_warning
+
+        if self._worker is not None:
+            return None
+        slide_layer = (
+            self.viewer.layers[self.slide_combo.currentText()]
+            if self.slide_combo.currentText()
+            else None
+        )
+        if slide_layer is None:
+            show_warning("Open a slide first (File > Open, or File > Open Sample > CMU-1).")
+            return None
+        roi_layer = None
+        rois = None
+        if self.roi_combo.currentText() not in ("", WHOLE_TISSUE):
+            roi_layer = self.viewer.layers[self.roi_combo.currentText()]
+            rois = self._rois_of(roi_layer)
+            if not rois:
+                show_warning(
+                    f"'{roi_layer.name}' has no rectangle, polygon or ellipse to classify."
+                )
+                return None
+        self._run_slide_layer, self._run_roi_layer = slide_layer, roi_layer
+        from napari_ssmamba.gui._workers import start_job
+
+        self._set_running(True)
+        self.status_label.setText("Classifying…")
+        self._worker, self._cancel = start_job(
+            self._job(
+                slide_layer.metadata["slide"],
+                rois,
+                self._checkpoint(),
+                self.device_combo.currentText(),
+                self.stride_spin.value() or None,
+            ),
+            "Classifying ROIs",
+            on_returned=self._on_returned,
+            on_errored=self._on_errored,
+            on_finished=self._on_finished,
+        )
+        return self._worker
+
+    def cancel(self) -> None:
+        if self._cancel is not None:
+            self._cancel.set()
+            self.status_label.setText("Cancelling after the current batch…")
+
+    def _job(self, slide, rois, checkpoint, device, stride):
+        def job(progress, cancel):
+            from napari_ssmamba.inference import classify_slide
+
+            model, card = self._load_model(checkpoint)
+            return classify_slide(
+                slide,
+                model,
+                card,
+                rois=rois,
+                stride=stride,
+                device=device,
+                progress=progress,
+                cancel=cancel,
+                cache=self._cache,
+            )
+
+        return job
+
+    def _load_model(self, checkpoint):
+        from napari_ssmamba.model import default_checkpoint, load_checkpoint
+
+        path = str(checkpoint or default_checkpoint())
+        if path not in self._models:
+            self._models[path] = load_checkpoint(path, device="cpu")
+        return self._models[path]
+
+    @staticmethod
+    def _rois_of(layer) -> list:
+        """Annotations with an area from a shapes layer; drawn shapes get an id in ``features``."""
+        from napari_ssmamba.annotations import new_id
+        from napari_ssmamba.gui.layers import layer_to_annotations
+
+        features = layer.features.copy()
+        if "id" not in features:
+            features["id"] = ""
+        ids = features["id"].fillna("").astype(str).tolist()
+        if "".join(ids) == "" or "" in ids:
+            features["id"] = [i or new_id() for i in ids]
+            layer.features = features
+        return [a for a in layer_to_annotations(layer) if a.geometry.area > 0]
+
+    def _set_running(self, running: bool) -> None:
+        self.run_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+
+    def _on_finished(self) -> None:
+        self._worker, self._cancel = None, None
+        self._set_running(False)
+
+    def _on_errored(self, error: Exception) -> None:
+        from napari.utils.notifications import show_error, show_info
+
+        from napari_ssmamba.errors import CancelledError
+
+        if isinstance(error, CancelledError):
+            self.status_label.setText("Cancelled.")
+            show_info("Classification cancelled.")
+            return
+        self.status_label.setText(f"Failed: {error}")
+        show_error(f"Classification failed: {error}")
+
+    def _on_returned(self, result) -> None:
+        from napari.utils.notifications import show_info, show_warning
+
+        self.result = result
+        self._show_result(result)
+        n_rois = "whole tissue" if result.whole_tissue else f"{len(result.rois)} ROI(s)"
+        self.status_label.setText(
+            f"{n_rois}: {result.n_tiles} tiles classified, {result.n_background_tiles} background "
+            f"tiles skipped, {result.timings.get('total_s', 0):.1f} s."
+        )
+        self.warning_label.setVisible(result.untrained)
+        if result.untrained:
+            show_warning(UNTRAINED_TEXT)
+        else:
+            show_info(self.status_label.text())
+
+    # --- showing results ---------------------------------------------------------------------
+
+    def _show_result(self, result) -> None:
+        from napari.utils.colormaps import DirectLabelColormap
+
+        slide_layer = self._run_slide_layer
+        base_scale = tuple(slide_layer.scale[-2:])
+        base_translate = np.asarray(slide_layer.translate[-2:], dtype=float)
+        stem = slide_layer.name
+        units = {"units": tuple(slide_layer.units[-2:])}
+
+        scale, translate = result.heatmap_grid.layer_transform(base_scale)
+        translate = tuple(np.asarray(translate) + base_translate)
+        for index, name in enumerate(result.class_names):
+            self._put_layer(
+                f"{stem} [{name} probability]",
+                result.heatmaps[index],
+                "image",
+                scale=scale,
+                translate=translate,
+                colormap=fading_colormap(HEATMAP_COLORMAP),
+                blending="translucent",
+                contrast_limits=(0.0, 1.0),
+                visible=False,
+                opacity=0.7,
+                **units,
+            )
+        colors = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0)}
+        for index, rgb in enumerate(result.class_colors):
+            colors[index + 1] = tuple(v / 255 for v in rgb) + (1.0,)
+        labels = self._put_layer(
+            f"{stem} [{LABELS_LAYER}]",
+            result.labels,
+            "labels",
+            scale=scale,
+            translate=translate,
+            colormap=DirectLabelColormap(color_dict=colors),
+            opacity=0.45,
+            blending="translucent",
+            **units,
+        )
+        # the Export widget finds results here
+        labels.metadata["classification_result"] = result
+        labels.metadata["classification_slide"] = slide_layer.metadata["slide"]
+        if result.attention is not None:
+            a_scale, a_translate = result.attention_grid.layer_transform(base_scale)
+            self._put_layer(
+                f"{stem} [{ATTENTION_LAYER}]",
+                result.attention,
+                "image",
+                scale=a_scale,
+                translate=tuple(np.asarray(a_translate) + base_translate),
+                colormap=fading_colormap(ATTENTION_COLORMAP),
+                blending="translucent",
+                contrast_limits=(0.0, 1.0),
+                visible=self.attention_check.isChecked(),
+                opacity=self.attention_slider.value() / 100,
+                **units,
+            )
+        if self._run_roi_layer is not None and self._run_roi_layer in self.viewer.layers:
+            self._label_rois(self._run_roi_layer, result)
+        self.legend_label.setText(_legend_html(result))
+
+    def _put_layer(self, name, data, kind, **kwargs):
+        """Update our result layer ``name`` in place, or add it."""
+        layer = self.result_layers.get(name)
+        if layer is not None and layer in self.viewer.layers and layer._type_string == kind:
+            visible = layer.visible
+            layer.data = data
+            for key in ("scale", "translate", "colormap", "contrast_limits"):
+                if key in kwargs:
+                    setattr(layer, key, kwargs[key])
+            layer.visible = visible
+        else:
+            add = self.viewer.add_image if kind == "image" else self.viewer.add_labels
+            layer = add(data, name=name, **kwargs)
+            self.result_layers[name] = layer
+        return layer
+
+    @staticmethod
+    def _label_rois(layer, result) -> None:
+        """Predicted class, confidence, edge colour and text on each ROI row."""
+        by_id = {}
+        for roi in result.rois:
+            if roi.annotation is not None:
+                by_id[roi.annotation.id] = roi
+        features = layer.features.copy()
+        ids = features["id"].astype(str).tolist() if "id" in features else [""] * len(layer.data)
+        classes, confidences, edges = [], [], []
+        for row_id in ids:
+            roi = by_id.get(row_id)
+            if roi is None or roi.class_index is None:
+                classes.append("")
+                confidences.append(np.nan)
+                edges.append((0.6, 0.6, 0.6, 1.0))
+            else:
+                classes.append(roi.class_name)
+                confidences.append(roi.confidence)
+                edges.append(tuple(v / 255 for v in result.class_colors[roi.class_index]) + (1.0,))
+        features["predicted_class"] = classes
+        features["confidence"] = confidences
+        layer.features = features
+        layer.edge_color = edges
+        layer.edge_width = [max(float(w), 12.0) for w in np.ravel(layer.edge_width)]
+        layer.text = {
+            "string": "{predicted_class} {confidence:.2f}",
+            "color": "black",
+            "size": 11,
+            "anchor": "upper_left",
+        }
+
+    # --- attention view ----------------------------------------------------------------------
+
+    def _attention_layer(self):
+        for name, layer in self.result_layers.items():
+            if name.endswith(f"[{ATTENTION_LAYER}]") and layer in self.viewer.layers:
+                return layer
+        return None
+
+    def _on_attention_toggled(self, checked: bool) -> None:
+        layer = self._attention_layer()
+        if layer is not None:
+            layer.visible = checked
+
+    def _on_attention_opacity(self, value: int) -> None:
+        layer = self._attention_layer()
+        if layer is not None:
+            layer.opacity = value / 100
+
+
+def _set_items(combo: QComboBox, items: list[str]) -> None:
+    current = combo.currentText()
+    combo.blockSignals(True)
+    combo.clear()
+    combo.addItems(items)
+    if current in items:
+        combo.setCurrentText(current)
+    combo.blockSignals(False)
+
+
+def _legend_html(result) -> str:
+    rows = [
+        f'<span style="background-color: rgb{tuple(c)};">&nbsp;&nbsp;&nbsp;&nbsp;</span>&nbsp;{name}'
+        for name, c in zip(result.class_names, result.class_colors)
+    ]
+    rois = []
+    for index, roi in enumerate(result.rois[:20]):
+        label = (
+            "Tissue"
+            if result.whole_tissue
+            else (getattr(roi.annotation, "name", None) or f"ROI {index + 1}")
+        )
+        verdict = f"{roi.class_name} ({roi.confidence:.2f})" if roi.class_name else "no tissue"
+        rois.append(f"{label}: <b>{verdict}</b>, {roi.n_tiles} tiles")
+    return "<b>Classes</b><br>" + "<br>".join(rows) + "<br><br>" + "<br>".join(rois)

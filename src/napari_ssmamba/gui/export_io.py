@@ -1,0 +1,50 @@
+"""npe2 writer: an image layer (a heatmap) as a tiled pyramidal TIFF in slide coordinates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def layer_rgb(data, meta: dict) -> np.ndarray:
+    """The layer's level 0 as (h, w, 3) uint8: RGB as is, otherwise through its colormap and limits."""
+    from napari.utils.colormaps import ensure_colormap
+
+    if meta.get("multiscale"):
+        data = data[0]
+    array = np.asarray(data)
+    if meta.get("rgb") or (
+        array.ndim == 3 and array.shape[-1] in (3, 4) and array.dtype == np.uint8
+    ):
+        return np.ascontiguousarray(array[..., :3], dtype=np.uint8)
+    array = array.astype(np.float32)
+    if array.ndim != 2:
+        raise ValueError(
+            f"cannot write a {array.ndim}-D image layer as a heatmap TIFF; give a 2-D one"
+        )
+    low, high = meta.get("contrast_limits") or (float(np.nanmin(array)), float(np.nanmax(array)))
+    normalised = np.clip((array - low) / max(high - low, 1e-12), 0, 1)
+    colormap = ensure_colormap(meta.get("colormap", "gray"))
+    rgba = colormap.map(np.nan_to_num(normalised).ravel()).reshape(*array.shape, 4)
+    return (rgba[..., :3] * 255).round().astype(np.uint8)
+
+
+def write_heatmap(path: str, data, meta: dict) -> list[str]:
+    """Write an image layer as a pyramidal TIFF whose pixel (0, 0) is the slide's origin.
+
+    The layer's ``translate`` is turned into a white margin of whole pixels, and its ``scale`` (µm
+    per pixel when the layer's units are µm) becomes the TIFF's MPP.
+    """
+    from napari_ssmamba.export.tiff import write_pyramidal_tiff
+
+    rgb = layer_rgb(data, meta)
+    scale = np.asarray(meta.get("scale", (1.0, 1.0)), dtype=float)[-2:]
+    translate = np.asarray(meta.get("translate", (0.0, 0.0)), dtype=float)[-2:]
+    pad_y, pad_x = (max(round(t / s), 0) for t, s in zip(translate, scale))
+    if pad_y or pad_x:
+        rgb = np.pad(rgb, ((pad_y, 0), (pad_x, 0), (0, 0)), constant_values=255)
+    units = [str(u) for u in (meta.get("units") or ())]
+    in_microns = bool(units) and all(u in ("micrometer", "µm", "um", "micron") for u in units[-2:])
+    path = write_pyramidal_tiff(Path(path), rgb, tuple(scale) if in_microns else None)
+    return [str(path)]

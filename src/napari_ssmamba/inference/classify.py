@@ -1,0 +1,377 @@
+"""Classify the ROIs (or the whole tissue) of a slide: ``classify_slide`` and the file-to-files ``run_slide``.
+
+ROI class rule: the mean of its tiles' class probabilities, each tile weighted by the share of the
+tile inside the ROI times its tissue fraction; the class is the argmax of that mean.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from napari_ssmamba.errors import SlideError
+from napari_ssmamba.inference.heatmap import Grid, cells_inside, stitch_maps, stitch_values
+from napari_ssmamba.inference.result import ClassificationResult, RoiResult, RoiTiles
+from napari_ssmamba.inference.tiling import (
+    MIN_ROI_FRACTION,
+    MIN_TISSUE_FRACTION,
+    plan_tiles,
+    tile_geometry,
+)
+from napari_ssmamba.progress import no_progress
+
+#: the attention map's long side is kept at or below this many cells
+MAX_ATTENTION_CELLS = 4096
+
+
+@dataclass
+class ClassificationCache:
+    """Per-ROI tile predictions and per-slide tissue masks kept between runs (the GUI holds one).
+
+    An ROI is looked up by its geometry's WKB, the model's fingerprint and the tiling parameters, so
+    re-running after moving or adding an ROI predicts only the ROIs that changed.
+    """
+
+    rois: dict = field(default_factory=dict)
+    tissue: dict = field(default_factory=dict)
+    model_fingerprints: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary)
+
+    def fingerprint(self, model, card) -> str:
+        """The model's fingerprint, computed once per model object."""
+        if model not in self.model_fingerprints:
+            self.model_fingerprints[model] = model_fingerprint(model, card)
+        return self.model_fingerprints[model]
+
+
+def model_fingerprint(model, card) -> str:
+    """sha256 over the model card and the model's parameters and buffers."""
+    from napari_ssmamba.export.record import card_sha256
+
+    digest = hashlib.sha256(card_sha256(card).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _as_geometry(roi):
+    return getattr(roi, "geometry", roi)
+
+
+def _slide_mpp(slide) -> tuple[float, float]:
+    if slide.mpp is None:
+        raise SlideError(
+            f"{slide.path}: the slide has no microns-per-pixel in its metadata, so tiles cannot be "
+            "cut at the model's resolution. Give it: open_slide(path, mpp=(y, x)) or --mpp on the "
+            "command line."
+        )
+    return tuple(float(v) for v in slide.mpp)
+
+
+def classify_slide(
+    slide,
+    model,
+    card,
+    rois=None,
+    stride: int | None = None,
+    device: str = "auto",
+    batch_size: int | None = None,
+    progress=None,
+    cancel=None,
+    attention: bool = True,
+    min_roi_fraction: float = MIN_ROI_FRACTION,
+    min_tissue_fraction: float = MIN_TISSUE_FRACTION,
+    cache: ClassificationCache | None = None,
+) -> ClassificationResult:
+    """Classify ``rois`` (Annotations or shapely geometries in level-0 px; None: the whole tissue).
+
+    ``stride`` is in model pixels (default: the tile size, no overlap). ``progress`` and ``cancel``
+    follow :mod:`napari_ssmamba.progress`. With a ``cache``, ROIs seen before with the same model and
+    parameters are not predicted again.
+    """
+    from napari_ssmamba.inference.predict import SlideTileReader, predict_tiles
+    from napari_ssmamba.inference.tissue import detect_tissue
+
+    progress = progress or no_progress
+    timings = {}
+    start = time.perf_counter()
+    if not getattr(slide, "is_rgb", True):
+        raise SlideError(
+            f"{slide.path}: SSMamba classifies RGB brightfield slides (H&E, IHC); this slide has "
+            f"{getattr(slide, 'channel_count', 'several')} channels. Open an RGB slide."
+        )
+    mpp = _slide_mpp(slide)
+    geometry = tile_geometry(mpp, slide.level_downsamples, card.tile_size, card.mpp, stride)
+    slide_wh = tuple(int(v) for v in slide.dimensions)
+    slide_key = str(getattr(slide, "path", id(slide)))
+
+    progress(0, 1, "Detecting tissue")
+    if cache is not None and slide_key in cache.tissue:
+        tissue = cache.tissue[slide_key]
+    else:
+        tissue = detect_tissue(slide)
+        if cache is not None:
+            cache.tissue[slide_key] = tissue
+    timings["tissue_s"] = time.perf_counter() - start
+
+    whole_tissue = rois is None
+    roi_list = [] if whole_tissue else list(rois)
+    geometries = [_as_geometry(r) for r in roi_list]
+    params_key = f"{slide_key}|{geometry}|{min_roi_fraction}|{min_tissue_fraction}|{attention}"
+    model_key = cache.fingerprint(model, card) if cache is not None and not whole_tissue else ""
+    keys = [
+        hashlib.sha256(g.wkb + params_key.encode() + model_key.encode()).hexdigest()
+        for g in geometries
+    ]
+    cached = {k: cache.rois[k] for k in keys if cache is not None and k in cache.rois}
+    todo = [i for i, k in enumerate(keys) if k not in cached]
+
+    plan = plan_tiles(
+        geometry,
+        slide_wh,
+        tissue=tissue,
+        rois=None if whole_tissue else [geometries[i] for i in todo],
+        min_roi_fraction=min_roi_fraction,
+        min_tissue_fraction=min_tissue_fraction,
+    )
+    t_predict = time.perf_counter()
+    predictions = predict_tiles(
+        SlideTileReader(slide, geometry),
+        plan.boxes_l0,
+        model,
+        card,
+        device=device,
+        batch_size=batch_size,
+        attention=attention,
+        progress=progress,
+        cancel=cancel,
+    )
+    timings["predict_s"] = time.perf_counter() - t_predict
+    new_tiles = _split_by_roi(plan, predictions)
+
+    if whole_tissue:
+        roi_results = [
+            RoiResult.from_tiles(
+                _union_of_boxes(new_tiles[0].boxes_l0), new_tiles[0], card.class_names
+            )
+        ]
+    else:
+        for i, tiles in zip(todo, new_tiles):
+            cached[keys[i]] = tiles
+            if cache is not None:
+                cache.rois[keys[i]] = tiles
+        roi_results = [
+            RoiResult.from_tiles(g, cached[k], card.class_names, annotation=r)
+            for g, k, r in zip(geometries, keys, roi_list)
+        ]
+
+    t_maps = time.perf_counter()
+    result = _assemble(slide, mpp, card, geometry, roi_results, whole_tissue, attention)
+    timings["maps_s"] = time.perf_counter() - t_maps
+    timings["total_s"] = time.perf_counter() - start
+    result.timings = timings
+    result.parameters = {
+        "stride_model_px": int(stride) if stride is not None else int(card.tile_size),
+        "tile_size": int(card.tile_size),
+        "model_mpp": float(card.mpp),
+        "tile_l0": geometry.tile_l0,
+        "stride_l0": geometry.stride_l0,
+        "level": geometry.level,
+        "level_downsample": geometry.level_downsample,
+        "min_roi_fraction": min_roi_fraction,
+        "min_tissue_fraction": min_tissue_fraction,
+        "device": str(device),
+        "batch_size": predictions.batch_size,
+        "rois": "whole tissue" if whole_tissue else len(roi_list),
+        "rois_predicted": len(todo) if not whole_tissue else 1,
+    }
+    progress(1, 1, "Done")
+    return result
+
+
+def _split_by_roi(plan, predictions) -> list[RoiTiles]:
+    members = plan.members
+    out = []
+    for roi_index in range(plan.n_rois):
+        rows = members[members[:, 1] == roi_index]
+        tile_index = rows[:, 0].astype(np.int64)
+        out.append(
+            RoiTiles(
+                boxes_l0=plan.boxes_l0[tile_index],
+                probabilities=predictions.probabilities[tile_index],
+                weights=rows[:, 2].astype(np.float64),
+                tissue_fraction=plan.tissue_fraction[tile_index],
+                attention=None
+                if predictions.attention is None
+                else predictions.attention[tile_index],
+                n_background=int(plan.background_per_roi[roi_index]),
+            )
+        )
+    return out
+
+
+def _union_of_boxes(boxes_l0: np.ndarray):
+    import shapely
+
+    if len(boxes_l0) == 0:
+        return shapely.Polygon()
+    x0, y0 = boxes_l0[:, 0], boxes_l0[:, 1]
+    return shapely.union_all(shapely.box(x0, y0, x0 + boxes_l0[:, 2], y0 + boxes_l0[:, 3]))
+
+
+def _assemble(
+    slide, mpp, card, geometry, roi_results, whole_tissue, attention
+) -> ClassificationResult:
+    num_classes = len(card.class_names)
+    parts = [r.tiles for r in roi_results if r.tiles is not None and len(r.tiles.boxes_l0)]
+    if parts:
+        boxes = np.concatenate([p.boxes_l0 for p in parts])
+        probs = np.concatenate([p.probabilities for p in parts])
+        tissue = np.concatenate([p.tissue_fraction for p in parts])
+        maps = (
+            np.concatenate([p.attention for p in parts])
+            if attention and all(p.attention is not None for p in parts)
+            else None
+        )
+        boxes, first = np.unique(boxes, axis=0, return_index=True)
+        probs, tissue = probs[first], tissue[first]
+        maps = None if maps is None else maps[first]
+    else:
+        boxes = np.zeros((0, 4), np.int64)
+        probs = np.zeros((0, num_classes), np.float32)
+        tissue = np.zeros(0, np.float32)
+        maps = None
+
+    slide_wh = tuple(int(v) for v in slide.dimensions)
+    regions = None if whole_tissue else [r.geometry for r in roi_results]
+    grid = Grid.covering(boxes, geometry.stride_l0)
+    heatmaps, count = (
+        stitch_values(grid, boxes, probs)
+        if len(boxes)
+        else (
+            np.zeros((num_classes, 0, 0), np.float32),
+            np.zeros((0, 0), np.int32),
+        )
+    )
+    if len(boxes):
+        inside = _cells_shown(grid, slide_wh, regions)
+        count = np.where(inside, count, 0)
+        heatmaps = np.where(inside[None], heatmaps, 0.0).astype(np.float32)
+    labels = np.where(count > 0, heatmaps.argmax(0) + 1, 0).astype(np.uint8)
+
+    attention_grid, attention_map = None, None
+    if maps is not None and len(boxes):
+        from napari_ssmamba.inference.predict import ATTENTION_SIZE
+
+        per_stride = max(int(ATTENTION_SIZE * geometry.stride_l0 / geometry.tile_l0), 1)
+        fit = max(int(MAX_ATTENTION_CELLS / max(grid.shape_hw)), 1)
+        cells_per_stride = max(min(per_stride, fit), 1)
+        attention_grid = Grid.covering(boxes, geometry.stride_l0 / cells_per_stride)
+        attention_map = stitch_maps(attention_grid, boxes, maps)
+        inside = _cells_shown(attention_grid, slide_wh, regions)
+        attention_map = np.where(inside, attention_map, 0.0).astype(np.float32)
+
+    return ClassificationResult(
+        slide_path=Path(slide.path) if getattr(slide, "path", None) else None,
+        slide_dimensions_wh=slide_wh,
+        mpp_yx=mpp,
+        card=card,
+        geometry=geometry,
+        tile_boxes_l0=boxes.astype(np.int64),
+        tile_probabilities=probs.astype(np.float32),
+        tile_tissue_fraction=tissue.astype(np.float32),
+        rois=roi_results,
+        whole_tissue=whole_tissue,
+        heatmap_grid=grid,
+        heatmaps=heatmaps.astype(np.float32),
+        labels=labels,
+        attention_grid=attention_grid,
+        attention=attention_map,
+    )
+
+
+def _cells_shown(grid: Grid, slide_wh, regions) -> np.ndarray:
+    """Cells whose centres lie on the slide and, when ``regions`` are given, inside one of them."""
+    ys, xs = grid.cell_centres_l0()
+    shown = (xs < slide_wh[0]) & (ys < slide_wh[1])
+    if regions is not None:
+        shown &= cells_inside(grid, regions)
+    return shown
+
+
+def load_rois(rois):
+    """ROIs from a GeoJSON path, a list of Annotations/geometries, or None (whole tissue).
+
+    From a file, only annotations with an area are kept (points and lines cannot be tiled).
+    """
+    if rois is None:
+        return None
+    if isinstance(rois, (str, Path)):
+        from napari_ssmamba.annotations import read_geojson
+
+        annotations = read_geojson(rois)
+        return [
+            a
+            for a in annotations
+            if getattr(a, "object_type", "annotation") == "annotation" and a.geometry.area > 0
+        ]
+    return list(rois)
+
+
+def run_slide(
+    slide_path,
+    model,
+    card,
+    out_dir,
+    rois=None,
+    mpp=None,
+    device: str = "auto",
+    stride: int | None = None,
+    batch_size: int | None = None,
+    progress=None,
+    cancel=None,
+    run_info: dict | None = None,
+    attention: bool = False,
+) -> dict:
+    """Open ``slide_path``, classify (whole tissue when no ROIs), write the exports; return the run record.
+
+    ``rois`` is None, a list of Annotations or geometries, or a QuPath GeoJSON path. Outputs are
+    written by :func:`napari_ssmamba.export.write_outputs`; the run record is written last. The
+    exports hold no attention map, so it is not computed unless ``attention`` is set.
+    """
+    import datetime
+    import json
+
+    from napari_ssmamba.export import output_paths, write_outputs
+    from napari_ssmamba.slide import open_slide
+
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat()
+    roi_list = load_rois(rois)
+    with open_slide(slide_path, mpp=mpp) as slide:
+        result = classify_slide(
+            slide,
+            model,
+            card,
+            rois=roi_list,
+            stride=stride,
+            device=device,
+            batch_size=batch_size,
+            progress=progress,
+            cancel=cancel,
+            attention=attention,
+        )
+        info = {
+            "slide": str(Path(slide_path)),
+            "roi_file": str(rois) if isinstance(rois, (str, Path)) else None,
+            "mpp_override": list(mpp) if isinstance(mpp, (tuple, list)) else mpp,
+            "started": started,
+        }
+        info.update(run_info or {})
+        write_outputs(result, out_dir, run_info=info, slide=slide)
+    with open(output_paths(out_dir, result.stem)["run"], encoding="utf-8") as fh:
+        return json.load(fh)

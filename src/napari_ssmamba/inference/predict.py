@@ -1,0 +1,287 @@
+"""Batched prediction over tile boxes: reader threads, pinned memory, normalisation on the device.
+
+Reading and resampling run in a thread pool (OpenSlide and PIL release the GIL); a batching thread
+stacks the tiles into uint8 batches (in pinned memory on CUDA) two batches ahead of the model.
+Tiles are converted and normalised on the device, and results stay there until the end, so the
+GPU is fed without waiting for copies back.
+On CUDA the model runs under bf16 autocast. A ``torch.cuda.OutOfMemoryError`` halves the batch size
+and retries the same tiles instead of failing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from napari_ssmamba.errors import CancelledError
+from napari_ssmamba.progress import no_progress
+
+logger = logging.getLogger(__name__)
+
+#: side of the per-tile attention map kept for stitching (the model's map is pooled to this)
+ATTENTION_SIZE = 16
+CPU_BATCH_SIZE = 32
+CUDA_BATCH_SIZE = 256
+
+
+@dataclass
+class TilePredictions:
+    """Model outputs for ``n`` tiles: probabilities (n, classes) and attention maps (n, a, a) or None."""
+
+    probabilities: np.ndarray
+    attention: np.ndarray | None
+    batch_size: int
+
+
+def resolve_device(device: str = "auto"):
+    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``."""
+    import torch
+
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class SlideTileReader:
+    """Reads a level-0 box from a slide at the chosen level and resamples it to the model's tile size.
+
+    Parts of a box outside the slide are white.
+    """
+
+    def __init__(self, slide, geometry):
+        self.slide = slide
+        self.geometry = geometry
+
+    def __call__(self, box_l0) -> np.ndarray:
+        from PIL import Image
+
+        g = self.geometry
+        x, y, w, h = (int(v) for v in box_l0)
+        width, height = self.slide.dimensions
+        ds = g.level_downsample
+        x0, y0 = max(x, 0), max(y, 0)
+        x1, y1 = min(x + w, width), min(y + h, height)
+        out_size = max(round(w / ds), 1)
+        canvas = np.full((out_size, out_size, 3), 255, dtype=np.uint8)
+        if x1 > x0 and y1 > y0:
+            rh = max(round((y1 - y0) / ds), 1)
+            rw = max(round((x1 - x0) / ds), 1)
+            region = np.asarray(self.slide.read_region(g.level, y0, x0, rh, rw))
+            region = _to_rgb(region)
+            oy, ox = round((y0 - y) / ds), round((x0 - x) / ds)
+            rh, rw = min(rh, out_size - oy), min(rw, out_size - ox)
+            canvas[oy : oy + rh, ox : ox + rw] = region[:rh, :rw]
+        if out_size != g.tile_size:
+            canvas = np.asarray(
+                Image.fromarray(canvas).resize(
+                    (g.tile_size, g.tile_size), Image.Resampling.BILINEAR
+                )
+            )
+        return canvas
+
+
+def _to_rgb(region: np.ndarray) -> np.ndarray:
+    """(h, w, c) uint8 -> (h, w, 3): alpha composited on white, grey repeated."""
+    if region.ndim == 2:
+        region = region[..., None]
+    if region.shape[-1] == 4:
+        alpha = region[..., 3:4].astype(np.float32) / 255.0
+        rgb = region[..., :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
+        return rgb.round().astype(np.uint8)
+    if region.shape[-1] == 1:
+        return np.repeat(region, 3, axis=-1)
+    return region[..., :3]
+
+
+def default_batch_size(device) -> int:
+    return CUDA_BATCH_SIZE if device.type == "cuda" else CPU_BATCH_SIZE
+
+
+def _is_oom(error: BaseException) -> bool:
+    import torch
+
+    return isinstance(error, torch.cuda.OutOfMemoryError)
+
+
+class TileClassifier:
+    """The device half of prediction: uint8 tiles in, probabilities and attention maps out."""
+
+    def __init__(self, model, card, device, attention: bool = True):
+        import torch
+
+        self.device = device
+        self.model = model.to(device).eval()
+        self.attention = attention
+        self.mean = torch.tensor(card.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(card.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+
+    def __call__(self, tiles_uint8):
+        """(b, h, w, 3) uint8 tiles -> probabilities (b, classes) and attention (b, a, a) or None.
+
+        Results stay on the device, so that the next batch can be queued before they are copied back.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        x = tiles_uint8.to(self.device, non_blocking=True)
+        x = x.permute(0, 3, 1, 2).float().div_(255.0)  # (b, 3, h, w)
+        x = (x - self.mean) / self.std
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        with torch.inference_mode(), autocast:
+            probs = self.model(x).float().softmax(dim=1)
+            attention = None
+            if self.attention:
+                lpr = self.model.lpr_maps(x).float().unsqueeze(1)  # (b, 1, h, w)
+                attention = F.adaptive_avg_pool2d(lpr, ATTENTION_SIZE)[:, 0]
+        return probs, attention
+
+
+def run_batches(classify: Callable, tiles, batch_size: int):
+    """Run ``classify`` over ``tiles`` (a uint8 tensor) in chunks; halve the chunk on CUDA OOM.
+
+    Returns probabilities, attention (or None), both on the device, and the batch size that worked.
+    """
+    import torch
+
+    probs, attention = [], []
+    start = 0
+    while start < len(tiles):
+        chunk = tiles[start : start + batch_size]
+        try:
+            p, a = classify(chunk)
+        except Exception as error:
+            if not _is_oom(error) or batch_size == 1:
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            batch_size = max(batch_size // 2, 1)
+            logger.warning("out of memory: retrying with batch size %d", batch_size)
+            continue
+        probs.append(p)
+        if a is not None:
+            attention.append(a)
+        start += len(chunk)
+    return torch.cat(probs), torch.cat(attention) if attention else None, batch_size
+
+
+class _BatchReader:
+    """A thread that reads tiles (through a pool of reader threads) into uint8 batches.
+
+    Batches are stacked straight into pinned memory on CUDA and queued ``depth`` ahead of the model.
+    """
+
+    def __init__(self, read_tile, boxes_l0, batch_size, num_readers, pin, depth=2):
+        self._read_tile, self._boxes = read_tile, boxes_l0
+        self._batch_size, self._pin = batch_size, pin
+        self._pool = ThreadPoolExecutor(max_workers=num_readers, thread_name_prefix="tile-reader")
+        self._queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tile-batcher", daemon=True)
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        import torch
+
+        try:
+            for start in range(0, len(self._boxes), self._batch_size):
+                boxes = self._boxes[start : start + self._batch_size]
+                tiles = list(self._pool.map(self._read_tile, boxes))
+                if self._stop.is_set():
+                    return
+                batch = torch.empty(
+                    (len(tiles), *tiles[0].shape), dtype=torch.uint8, pin_memory=self._pin
+                )
+                np.stack(tiles, out=batch.numpy())
+                if not self._put(batch):
+                    return
+            self._put(None)
+        except BaseException as error:  # noqa: BLE001 (handed to the consumer, which raises it)
+            self._put(error)
+
+    def __iter__(self):
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def predict_tiles(
+    read_tile: Callable[[Sequence[int]], np.ndarray],
+    boxes_l0: np.ndarray,
+    model,
+    card,
+    device: str = "auto",
+    batch_size: int | None = None,
+    attention: bool = True,
+    num_readers: int | None = None,
+    progress=None,
+    cancel=None,
+) -> TilePredictions:
+    """Class probabilities (and LPR attention maps) for every box, in the order given.
+
+    ``read_tile(box)`` returns the (tile_size, tile_size, 3) uint8 tile of a level-0 box, e.g. a
+    :class:`SlideTileReader`. ``progress(done, total, message)`` is called after each batch and
+    ``cancel`` (a ``threading.Event``) is checked between batches; a cancelled run raises
+    :class:`~napari_ssmamba.errors.CancelledError`.
+    """
+    import torch
+
+    progress = progress or no_progress
+    torch_device = resolve_device(device)
+    classify = TileClassifier(model, card, torch_device, attention=attention)
+    batch_size = int(batch_size or default_batch_size(torch_device))
+    n = len(boxes_l0)
+    num_classes = len(card.class_names)
+    if n == 0:
+        empty_attention = np.zeros((0, ATTENTION_SIZE, ATTENTION_SIZE), np.float32)
+        return TilePredictions(
+            np.zeros((0, num_classes), np.float32),
+            empty_attention if attention else None,
+            batch_size,
+        )
+    num_readers = num_readers or min(16, os.cpu_count() or 1)
+    reader = _BatchReader(read_tile, boxes_l0, batch_size, num_readers, torch_device.type == "cuda")
+    probs, maps = [], []
+    done = 0
+    progress(0, n, "Classifying tiles")
+    try:
+        for tiles in reader:
+            if cancel is not None and cancel.is_set():
+                raise CancelledError("classification cancelled by the user")
+            p, a, batch_size = run_batches(classify, tiles, batch_size)
+            probs.append(p)
+            if a is not None:
+                maps.append(a)
+            done += len(tiles)
+            progress(done, n, "Classifying tiles")
+    finally:
+        reader.close()
+    return TilePredictions(
+        torch.cat(probs).cpu().numpy().astype(np.float32),
+        torch.cat(maps).cpu().numpy().astype(np.float32) if maps else None,
+        batch_size,
+    )

@@ -1,0 +1,171 @@
+"""The Classify widget on the sample slide: run in a worker, layers in place and aligned."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="module")
+def small_checkpoint(tmp_path_factory):
+    """An untrained ssmamba_test on 64 px tiles at 2 µm/px, saved as a checkpoint."""
+    import torch
+
+    from napari_ssmamba.model import ModelCard, create_model, save_checkpoint
+
+    torch.manual_seed(0)
+    model = create_model("ssmamba_test", num_classes=3)
+    card = ModelCard(
+        arch="ssmamba_test",
+        class_names=["Tumor", "Stroma", "Other"],
+        class_colors=[(220, 20, 20), (20, 160, 20), (30, 30, 220)],
+        tile_size=64,
+        mpp=2.0,
+        untrained=True,
+    )
+    return save_checkpoint(model, card, tmp_path_factory.mktemp("model") / "model.safetensors")
+
+
+@pytest.fixture
+def viewer_with_sample(make_napari_viewer):
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample("napari-ssmamba", "cmu1_small_region")
+    return viewer
+
+
+def _run(qtbot, widget):
+    worker = widget.run()
+    assert worker is not None
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        pass
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=5_000)
+
+
+def test_classify_rectangle_roi_layers_aligned(qtbot, viewer_with_sample, small_checkpoint):
+    from napari_ssmamba.gui.classify_widget import ClassifyWidget
+
+    viewer = viewer_with_sample
+    slide_layer = viewer.layers[0]
+    mpp = np.asarray(slide_layer.scale[-2:])
+    # a rectangle over tissue, level-0 px (y, x)
+    roi = np.array([[800, 700], [800, 1500], [1600, 1500], [1600, 700]], float)
+    shapes = viewer.add_shapes([roi], shape_type="rectangle", name="ROIs", scale=mpp)
+    widget = ClassifyWidget(viewer)
+    qtbot.addWidget(widget)
+    widget.roi_combo.setCurrentText("ROIs")
+    widget.model_combo.setCurrentText("Checkpoint file")
+    widget.model_path.setText(str(small_checkpoint))
+    widget.device_combo.setCurrentText("cpu")
+    _run(qtbot, widget)
+
+    result = widget.result
+    assert result is not None and len(result.rois) == 1
+    assert widget.warning_label.isVisibleTo(widget)  # untrained: said so
+    names = [layer.name for layer in viewer.layers]
+    stem = slide_layer.name
+    assert f"{stem} [classes]" in names and f"{stem} [LPR attention]" in names
+    assert all(f"{stem} [{c} probability]" in names for c in result.class_names)
+    assert shapes.features["predicted_class"][0] == result.rois[0].class_name
+    assert "Tumor" in widget.legend_label.text()
+
+    labels = viewer.layers[f"{stem} [classes]"]
+    # through napari's transforms: the centre of every tile shows its class, outside the ROI nothing
+    for box, probs in zip(result.tile_boxes_l0, result.tile_probabilities):
+        centre_yx = np.array([box[1] + box[3] / 2, box[0] + box[2] / 2])
+        inside = 700 <= centre_yx[1] < 1500 and 800 <= centre_yx[0] < 1600
+        value = labels.get_value(centre_yx * mpp + slide_layer.translate[-2:], world=True)
+        assert value == (np.argmax(probs) + 1 if inside else 0)
+    assert labels.get_value(np.array([400.0, 400.0]) * mpp, world=True) in (None, 0)
+
+    # rerun after adding an ROI: only the new one is predicted
+    shapes.add_ellipses(np.array([[2200, 1450], [200, 250]], float))  # centre, radii
+    _run(qtbot, widget)
+    assert widget.result.parameters["rois_predicted"] == 1 and len(widget.result.rois) == 2
+    assert names.count(f"{stem} [classes]") == 1
+
+
+def test_screenshot_overlay_where_it_must_be(qtbot, viewer_with_sample, small_checkpoint):
+    from napari_ssmamba.gui.classify_widget import ClassifyWidget
+
+    viewer = viewer_with_sample
+    slide_layer = viewer.layers[0]
+    mpp = np.asarray(slide_layer.scale[-2:])
+    roi = np.array([[1000, 800], [1000, 1400], [1600, 1400], [1600, 800]], float)
+    viewer.add_shapes(
+        [roi],
+        shape_type="rectangle",
+        name="ROIs",
+        scale=mpp,
+        edge_width=0,
+        face_color="transparent",
+    )
+    widget = ClassifyWidget(viewer)
+    qtbot.addWidget(widget)
+    widget.roi_combo.setCurrentText("ROIs")
+    widget.model_combo.setCurrentText("Checkpoint file")
+    widget.model_path.setText(str(small_checkpoint))
+    widget.device_combo.setCurrentText("cpu")
+    _run(qtbot, widget)
+
+    labels = viewer.layers[f"{slide_layer.name} [classes]"]
+    labels.opacity = 1.0
+    slide_layer.visible = False
+    viewer.layers["ROIs"].visible = False
+    viewer.window._qt_window.resize(900, 900)
+    qtbot.wait(50)
+    viewer.reset_view()
+    shot = viewer.screenshot(canvas_only=True, flash=False)
+    coloured = (shot[..., :3].max(-1).astype(int) - shot[..., :3].min(-1)) > 60
+    ys, xs = np.nonzero(coloured)
+    assert len(ys) > 100
+
+    # Where the painted cells must be on the canvas, from the camera: the grid cells whose centres
+    # lie in the ROI span level-0 y 1024..1536 and x 768..1536 (cells of 256 px at 2 µm/px).
+    result = widget.result
+    grid = result.heatmap_grid
+    inside = labels.data > 0
+    rows, cols = np.nonzero(inside)
+    oy, ox = grid.origin_l0_yx
+    l0_y = (oy + rows.min() * grid.cell_l0, oy + (rows.max() + 1) * grid.cell_l0)
+    l0_x = (ox + cols.min() * grid.cell_l0, ox + (cols.max() + 1) * grid.cell_l0)
+    zoom = viewer.camera.zoom
+    centre = np.asarray(viewer.camera.center[-2:])
+    h, w = shot.shape[:2]
+
+    def to_canvas(l0, axis):
+        world = (np.asarray(l0) - 0.5) * mpp[axis]
+        return (world - centre[axis]) * zoom + (h if axis == 0 else w) / 2
+
+    expected_y, expected_x = to_canvas(l0_y, 0), to_canvas(l0_x, 1)
+    assert ys.min() == pytest.approx(expected_y[0], abs=2) and ys.max() == pytest.approx(
+        expected_y[1], abs=2
+    )
+    assert xs.min() == pytest.approx(expected_x[0], abs=2) and xs.max() == pytest.approx(
+        expected_x[1], abs=2
+    )
+    # and nothing outside the ROI: the canvas is black beyond the painted cells
+    assert (
+        not coloured[: int(expected_y[0]) - 3].any()
+        and not coloured[int(expected_y[1]) + 3 :].any()
+    )
+
+
+def test_cancel_reports_and_keeps_napari_running(qtbot, make_napari_viewer, small_checkpoint):
+    from napari_ssmamba.gui.classify_widget import ClassifyWidget
+    from napari_ssmamba.gui.sample_data import cmu1_small_region
+
+    viewer = make_napari_viewer()
+    data, kwargs, _ = cmu1_small_region()[0]
+    viewer.add_image(data, **kwargs)
+    widget = ClassifyWidget(viewer)
+    qtbot.addWidget(widget)
+    widget.model_combo.setCurrentText("Checkpoint file")
+    widget.model_path.setText(str(small_checkpoint))
+    widget.device_combo.setCurrentText("cpu")
+    worker = widget.run()
+    widget.cancel()
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        pass
+    qtbot.waitUntil(lambda: widget.run_button.isEnabled(), timeout=5_000)
+    assert widget.status_label.text() == "Cancelled."
+    assert widget.result is None and len(viewer.layers) == 1

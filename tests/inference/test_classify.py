@@ -1,0 +1,96 @@
+import numpy as np
+import pytest
+import shapely
+
+from napari_ssmamba.errors import SlideError
+from napari_ssmamba.inference import ClassificationCache, classify_slide, run_slide
+
+
+@pytest.fixture(scope="module")
+def whole_tissue(small_model, sample_slide_path):
+    from napari_ssmamba.slide import open_slide
+
+    model, card = small_model
+    with open_slide(sample_slide_path) as slide:
+        return classify_slide(slide, model, card, device="cpu")
+
+
+def test_whole_tissue_result(whole_tissue):
+    r = whole_tissue
+    assert r.whole_tissue and len(r.rois) == 1
+    assert r.n_tiles > 20 and r.n_background_tiles > 10
+    np.testing.assert_allclose(r.tile_probabilities.sum(1), 1, atol=1e-5)
+    assert r.heatmaps.shape == (3, *r.labels.shape)
+    assert r.rois[0].n_tiles == r.n_tiles
+    expected = r.tile_probabilities.T @ r.tile_tissue_fraction / r.tile_tissue_fraction.sum()
+    np.testing.assert_allclose(r.rois[0].probabilities, expected, atol=1e-6)
+    assert r.attention is not None and r.attention.shape[0] >= r.labels.shape[0]
+
+
+def test_heatmap_cells_hold_their_tile_probabilities(whole_tissue):
+    r = whole_tissue
+    grid = r.heatmap_grid
+    for box, probs in zip(r.tile_boxes_l0[::5], r.tile_probabilities[::5]):
+        i0, i1, j0, j1 = grid.cell_ranges(box)
+        assert (i1 - i0, j1 - j0) == (1, 1)  # no overlap: one cell per tile
+        np.testing.assert_allclose(r.heatmaps[:, i0, j0], probs, atol=1e-6)
+        assert r.labels[i0, j0] == np.argmax(probs) + 1
+        # the cell's level-0 extent is the tile's box
+        oy, ox = grid.origin_l0_yx
+        assert (ox + j0 * grid.cell_l0, oy + i0 * grid.cell_l0) == tuple(box[:2])
+    assert (r.labels > 0).sum() == r.n_tiles
+
+
+def test_rois_and_cache_reclassify_only_what_changed(sample_slide, small_model):
+    model, card = small_model
+    cache = ClassificationCache()
+    rois = [shapely.box(800, 800, 1400, 1400), shapely.Point(1500, 2200).buffer(300)]
+    first = classify_slide(
+        sample_slide, model, card, rois=rois, device="cpu", cache=cache, attention=False
+    )
+    assert first.parameters["rois_predicted"] == 2
+    assert all(r.class_name in card.class_names for r in first.rois)
+    moved = [rois[0], shapely.Point(1600, 2200).buffer(300)]
+    second = classify_slide(
+        sample_slide, model, card, rois=moved, device="cpu", cache=cache, attention=False
+    )
+    assert second.parameters["rois_predicted"] == 1
+    np.testing.assert_allclose(second.rois[0].probabilities, first.rois[0].probabilities)
+    # outside every ROI the maps are empty
+    ys, xs = second.heatmap_grid.cell_centres_l0()
+    outside = ~(shapely.contains_xy(moved[0], xs, ys) | shapely.contains_xy(moved[1], xs, ys))
+    assert (second.labels[outside] == 0).all()
+
+
+def test_slide_without_mpp_is_a_clear_error(data_dir, small_model):
+    from napari_ssmamba.slide import open_slide
+
+    model, card = small_model
+    with (
+        open_slide(data_dir / "slides" / "kidney-48-5.tif") as slide,
+        pytest.raises(SlideError, match="microns-per-pixel.*--mpp"),
+    ):
+        classify_slide(slide, model, card, device="cpu")
+
+
+def test_run_slide_writes_complete_outputs(tmp_path, data_dir, small_model):
+    from napari_ssmamba.export import outputs_complete
+
+    model, card = small_model
+    record = run_slide(
+        data_dir / "slides" / "kidney-48-5.tif", model, card, tmp_path, mpp=2.0, device="cpu"
+    )
+    assert outputs_complete(tmp_path, "kidney-48-5")
+    assert record["summary"]["tiles"] > 0
+    assert record["run_info"]["mpp_override"] == 2.0
+
+
+def test_multiplexed_slide_is_a_clear_error(data_dir, small_model):
+    from napari_ssmamba.slide import open_slide
+
+    model, card = small_model
+    with (
+        open_slide(data_dir / "slides" / "small_vectra.qptiff", mpp=0.5) as slide,
+        pytest.raises(SlideError, match="small_vectra.qptiff.*RGB"),
+    ):
+        classify_slide(slide, model, card, device="cpu")

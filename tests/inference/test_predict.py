@@ -1,0 +1,103 @@
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from napari_ssmamba.errors import CancelledError
+from napari_ssmamba.inference.predict import SlideTileReader, predict_tiles
+from napari_ssmamba.inference.tiling import tile_geometry
+
+
+def _reader(box):
+    rng = np.random.default_rng(int(box[0]) * 7 + int(box[1]))
+    return rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+
+
+BOXES = np.array([[i * 64, 0, 64, 64] for i in range(10)])
+
+
+def test_probabilities_sum_to_one_and_attention_is_per_tile(small_model):
+    model, card = small_model
+    out = predict_tiles(_reader, BOXES, model, card, device="cpu", batch_size=4)
+    assert out.probabilities.shape == (10, 3)
+    np.testing.assert_allclose(out.probabilities.sum(1), 1.0, atol=1e-5)
+    assert out.attention.shape == (10, 16, 16)
+    assert 0.0 <= out.attention.min() and out.attention.max() <= 1.0
+
+
+class OutOfMemoryOverBatch(torch.nn.Module):
+    """Wraps a model and raises CUDA's out-of-memory error for batches larger than ``limit``."""
+
+    def __init__(self, model, limit):
+        super().__init__()
+        self.model, self.limit, self.calls = model, limit, []
+
+    def forward(self, x):
+        self.calls.append(len(x))
+        if len(x) > self.limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return self.model(x)
+
+    def lpr_maps(self, x):
+        return self.model.lpr_maps(x)
+
+
+def test_out_of_memory_halves_the_batch_and_gives_the_same_answer(small_model):
+    model, card = small_model
+    reference = predict_tiles(
+        _reader, BOXES, model, card, device="cpu", batch_size=10, attention=False
+    )
+    wrapped = OutOfMemoryOverBatch(model, limit=3)
+    out = predict_tiles(_reader, BOXES, wrapped, card, device="cpu", batch_size=10, attention=False)
+    assert out.batch_size == 2
+    assert wrapped.calls[:3] == [10, 5, 2]
+    np.testing.assert_allclose(out.probabilities, reference.probabilities, atol=1e-5)
+
+
+def test_cancel_between_batches(small_model):
+    model, card = small_model
+    cancel = threading.Event()
+    seen = []
+
+    def progress(done, total, message):
+        seen.append(done)
+        if done >= 2:
+            cancel.set()
+
+    with pytest.raises(CancelledError):
+        predict_tiles(
+            _reader,
+            BOXES,
+            model,
+            card,
+            device="cpu",
+            batch_size=2,
+            attention=False,
+            progress=progress,
+            cancel=cancel,
+        )
+    assert seen == [0, 2]
+
+
+def test_slide_reader_resamples_and_pads_outside_the_slide(sample_slide):
+    g = tile_geometry(sample_slide.mpp, sample_slide.level_downsamples, 64, 2.0)
+    reader = SlideTileReader(sample_slide, g)
+    width, _ = sample_slide.dimensions
+    tile = reader([width - g.tile_l0 // 2, 0, g.tile_l0, g.tile_l0])
+    assert tile.shape == (64, 64, 3) and tile.dtype == np.uint8
+    assert (tile[:, -20:] == 255).all()  # the right half lies off the slide: white
+
+
+def test_a_read_error_reaches_the_caller(small_model):
+    from napari_ssmamba.errors import SlideError
+
+    model, card = small_model
+
+    def broken_reader(box):
+        if box[0] >= 5 * 64:
+            raise SlideError("tile.svs: Bogus marker length (simulated)")
+        return _reader(box)
+
+    with pytest.raises(SlideError, match="Bogus marker"):
+        predict_tiles(broken_reader, BOXES, model, card, device="cpu", batch_size=2, attention=False)
