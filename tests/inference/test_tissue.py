@@ -48,3 +48,16 @@ def test_fraction_in_boxes_matches_counting():
     boxes = np.array([[0, 0, 100, 100], [55, 25, 60, 40], [250, 150, 100, 100]])
     expected = [mask[0:10, 0:10].mean(), mask[2:7, 5:12].mean(), mask[15:20, 25:30].sum() / 100]
     assert tissue.fraction_in_boxes(boxes) == pytest.approx(expected, abs=1e-6)
+
+
+def test_scanner_grey_glass_is_not_tissue():
+    """Glass as scanners image it (grey, noisy, no stain) has no tissue; a stained patch on it does."""
+    rng = np.random.default_rng(0)
+    glass = np.clip(rng.normal(240, 3, size=(256, 256, 3)), 0, 255).astype(np.uint8)
+    assert tissue_mask_from_rgb(glass).mean() == 0.0
+
+    stained = glass.copy()
+    stained[64:192, 64:192] = (180, 90, 160)  # eosin-pink tissue
+    mask = tissue_mask_from_rgb(stained)
+    assert mask[64:192, 64:192].mean() > 0.95
+    assert mask[:48].mean() == 0.0

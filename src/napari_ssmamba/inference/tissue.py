@@ -4,7 +4,8 @@ The rule, kept simple so that it can be stated: a pixel is tissue when its *stai
 ``max(saturation, darkness)`` exceeds a threshold. Saturation (HSV) catches eosin, haematoxylin
 and DAB; darkness (``1 - mean(RGB) / 255``) catches grey, weakly saturated tissue. The threshold is
 Otsu's on the score, clamped to ``[min_threshold, max_threshold]`` so that a field that is all glass
-or all tissue is not split in two. Specks smaller than ``min_object_px`` are removed and holes
+or all tissue is not split in two. The lower clamp, 0.07, puts the grey glass of scanners
+(mean RGB 237 and brighter, with sensor noise) below the threshold. Specks smaller than ``min_object_px`` are removed and holes
 smaller than that are filled. Pen marks are not treated specially.
 """
 
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 #: stain score thresholds between which Otsu's threshold is clamped
-MIN_THRESHOLD = 0.05
+MIN_THRESHOLD = 0.07
 MAX_THRESHOLD = 0.15
 
 
