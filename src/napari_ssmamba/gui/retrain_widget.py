@@ -1,0 +1,280 @@
+"""The Retrain widget: classes from shapes layers, tile counts, fine-tuning in a thread worker.
+
+Classes are the ``class_name`` values of the shapes layers' features; "Add class" makes a shapes
+layer for a new class with its colour, ready to draw on. Training reads copies of the shapes
+(the user's layers are never changed), cuts tiles inside them at the model's MPP, splits by
+region, fine-tunes (optionally after a short MAMIM pretraining) and saves the model to the
+user's models folder, where it becomes the Classify widget's model at once.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from qtpy.QtGui import QColor
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QColorDialog,
+    QComboBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+MIN_TILES_PER_CLASS = 20
+
+
+def _is_slide_layer(layer) -> bool:
+    return layer._type_string == "image" and "slide" in layer.metadata
+
+
+class RetrainWidget(QWidget):
+    """Fine-tune a classifier on the regions drawn over a slide and make it the current model."""
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.result = None
+        self._worker = None
+        self._cancel = None
+        self._color = QColor(31, 119, 180)
+
+        self.slide_combo = QComboBox()
+        self.class_name_edit = QLineEdit()
+        self.class_name_edit.setPlaceholderText("new class name")
+        self.color_button = QPushButton("Colour…")
+        self.color_button.clicked.connect(self._on_pick_color)
+        self.add_class_button = QPushButton("Add class")
+        self.add_class_button.clicked.connect(self.add_class)
+        self.arch_combo = QComboBox()
+        self.arch_combo.addItems(["ssmamba_tiny", "ssmamba_small", "ssmamba_test"])
+        self.tile_spin = QSpinBox()
+        self.tile_spin.setRange(32, 1024)
+        self.tile_spin.setValue(224)
+        self.tile_spin.setSuffix(" px")
+        self.mpp_edit = QLineEdit("0.5")
+        self.epochs_spin = QSpinBox()
+        self.epochs_spin.setRange(1, 500)
+        self.epochs_spin.setValue(10)
+        self.pretrain_check = QCheckBox("MAMIM pretraining first")
+        self.counts_label = QLabel("")
+        self.counts_label.setWordWrap(True)
+        self.status_label = QLabel("")
+        self.status_label.setWordWrap(True)
+        self.train_button = QPushButton("Train")
+        self.train_button.clicked.connect(self.run)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+
+        class_row = QHBoxLayout()
+        class_row.addWidget(self.class_name_edit)
+        class_row.addWidget(self.color_button)
+        class_row.addWidget(self.add_class_button)
+        form = QFormLayout()
+        form.addRow("Slide", self.slide_combo)
+        form.addRow("Class", class_row)
+        form.addRow("Architecture", self.arch_combo)
+        form.addRow("Tile size", self.tile_spin)
+        form.addRow("µm/px", self.mpp_edit)
+        form.addRow("Epochs", self.epochs_spin)
+        form.addRow("", self.pretrain_check)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.train_button)
+        buttons.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.counts_label)
+        layout.addLayout(buttons)
+        layout.addWidget(self.status_label)
+        layout.addStretch(1)
+
+        for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
+            event.connect(self._refresh)
+        self._refresh()
+
+    # --- classes and counts -------------------------------------------------------------------
+
+    def _slide_layer(self):
+        name = self.slide_combo.currentText()
+        return self.viewer.layers[name] if name in self.viewer.layers else None
+
+    def _shapes_layers(self):
+        return [layer for layer in self.viewer.layers
+                if layer._type_string == "shapes" and "class_name" in layer.features]
+
+    def _annotations(self):
+        """Copies of the labelled polygons of every shapes layer (the layers stay untouched)."""
+        from napari_ssmamba.gui.layers import layer_to_annotations
+
+        annotations = []
+        for layer in self._shapes_layers():
+            annotations += [a for a in layer_to_annotations(layer.as_layer_data_tuple())
+                            if a.class_name and a.geometry.geom_type in ("Polygon", "MultiPolygon")]
+        return annotations
+
+    def tile_counts(self) -> dict[str, int]:
+        """Whole tiles per class that fit the drawn regions at the chosen tile size and MPP."""
+        layer = self._slide_layer()
+        if layer is None:
+            return {}
+        slide = layer.metadata["slide"]
+        slide_mpp = sum(slide.mpp) / 2 if slide.mpp else 1.0
+        side = self.tile_spin.value() * float(self.mpp_edit.text()) / slide_mpp
+        counts: dict[str, int] = {}
+        for annotation in self._annotations():
+            counts[annotation.class_name] = counts.get(annotation.class_name, 0) + int(annotation.geometry.area // side**2)
+        return counts
+
+    def _refresh(self, event=None) -> None:
+        current = self.slide_combo.currentText()
+        self.slide_combo.clear()
+        self.slide_combo.addItems([layer.name for layer in self.viewer.layers if _is_slide_layer(layer)])
+        if current:
+            self.slide_combo.setCurrentText(current)
+        for layer in self._shapes_layers():
+            try:
+                layer.events.data.disconnect(self._show_counts)
+            except (TypeError, ValueError, RuntimeError):
+                pass
+            layer.events.data.connect(self._show_counts)
+        self._show_counts()
+
+    def _show_counts(self, event=None) -> None:
+        counts = self.tile_counts()
+        if not counts:
+            self.counts_label.setText("Draw regions in a shapes layer with a class to train on.")
+            return
+        lines = [f"{name}: {n} tiles" + ("  ⚠ too few" if n < MIN_TILES_PER_CLASS else "")
+                 for name, n in sorted(counts.items())]
+        if len(counts) < 2:
+            lines.append("⚠ at least two classes are needed")
+        self.counts_label.setText("\n".join(lines))
+
+    def _on_pick_color(self) -> None:
+        color = QColorDialog.getColor(self._color, self, "Class colour")
+        if color.isValid():
+            self._color = color
+
+    def add_class(self, name: str | None = None, color: tuple[int, int, int] | None = None):
+        """Add a shapes layer for class ``name`` in ``color``; regions drawn in it get the class."""
+        name = name or self.class_name_edit.text().strip()
+        if not name:
+            self.status_label.setText("Type a class name first.")
+            return None
+        rgb = color or (self._color.red(), self._color.green(), self._color.blue())
+        hex_color = "#{:02x}{:02x}{:02x}".format(*rgb)
+        slide_layer = self._slide_layer()
+        kwargs = {} if slide_layer is None else {"scale": slide_layer.scale[-2:],
+                                                 "translate": slide_layer.translate[-2:]}
+        import pandas as pd
+
+        features = pd.DataFrame({"class_name": pd.Series([], dtype=object), "color": pd.Series([], dtype=object)})
+        layer = self.viewer.add_shapes(name=name, face_color=hex_color + "66", edge_color=hex_color,
+                                       features=features, **kwargs)
+        layer.feature_defaults = {"class_name": name, "color": hex_color}
+        layer.mode = "add_polygon"
+        self._refresh()
+        return layer
+
+    # --- training -----------------------------------------------------------------------------
+
+    def _job(self, slide, annotations, out_dir: Path, settings: dict):
+        def job(progress, cancel):
+            from napari_ssmamba.training.config import FinetuneConfig, PretrainConfig
+            from napari_ssmamba.training.data import split_tiles, tiles_from_slide
+            from napari_ssmamba.training.finetune import finetune
+            from napari_ssmamba.training.mamim import pretrain
+            from napari_ssmamba.training.registry import use_trained_model
+
+            names = sorted({a.class_name for a in annotations})
+            tiles = tiles_from_slide(slide, annotations, tile_size=settings["tile_size"], mpps=[settings["mpp"]],
+                                     class_names=names)
+            train, val = split_tiles(tiles, 0.25, by="group", seed=0)
+            common = dict(arch=settings["arch"], epochs=settings["epochs"], device="auto", resume=False,
+                          batch_size=min(32, max(2, len(train) // 4)), num_workers=0)
+            init = None
+            if settings["pretrain"]:
+                init = str(pretrain(PretrainConfig(out=str(out_dir / "pretrain"), **common), tiles,
+                                    progress=progress, cancel=cancel)["checkpoint"])
+            config = FinetuneConfig(out=str(out_dir), init=init, class_colors=settings["colors"],
+                                    patience=None, **common)
+            result = finetune(config, train, val if len(val) else None, progress=progress, cancel=cancel,
+                              data_info={"slide": str(slide.path), "regions": len(annotations)})
+            use_trained_model(result["checkpoint"])
+            return result
+
+        return job
+
+    def run(self):
+        """Start training on the drawn regions; returns the worker."""
+        import sys
+
+        import torch
+
+        if not torch.cuda.is_available() and "triton" not in sys.modules:
+            # AdamW imports torch._dynamo, which imports Triton; Triton's import segfaults beside
+            # PyQt6 here, and without CUDA it has nothing to do: mark it absent
+            sys.modules["triton"] = None
+
+        from napari_ssmamba.gui._workers import start_job
+        from napari_ssmamba.training.registry import user_models_dir
+
+        layer = self._slide_layer()
+        annotations = self._annotations()
+        if layer is None or len({a.class_name for a in annotations}) < 2:
+            self.status_label.setText("Open a slide and draw regions of at least two classes.")
+            return None
+        colors = {}
+        for shapes in self._shapes_layers():
+            for name, color in zip(shapes.features["class_name"], shapes.features.get("color", [])):
+                if name and isinstance(color, str) and color.startswith("#"):
+                    colors[name] = [int(color[i:i + 2], 16) for i in (1, 3, 5)]
+        settings = {"arch": self.arch_combo.currentText(), "tile_size": self.tile_spin.value(),
+                    "mpp": float(self.mpp_edit.text()), "epochs": self.epochs_spin.value(),
+                    "pretrain": self.pretrain_check.isChecked(), "colors": colors}
+        out_dir = user_models_dir() / time.strftime("retrained-%Y%m%d-%H%M%S")
+        self.status_label.setText("Training…")
+        self.train_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self._worker, self._cancel = start_job(
+            self._job(layer.metadata["slide"], annotations, out_dir, settings), "Retrain",
+            self._on_returned, self._on_errored, self._on_finished)
+        return self._worker
+
+    def cancel(self) -> None:
+        if self._cancel is not None:
+            self._cancel.set()
+
+    def _on_finished(self) -> None:
+        self.train_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+
+    def _on_errored(self, error: Exception) -> None:
+        self.status_label.setText(f"Training stopped: {error}")
+
+    def _on_returned(self, result) -> None:
+        self.result = result
+        history = result["history"]
+        metrics = result["metrics"]
+        summary = (f"val accuracy {metrics['accuracy']:.3f}, balanced {metrics['balanced_accuracy']:.3f}"
+                   if metrics else f"train loss {history[-1]['train_loss']:.4f}")
+        self.status_label.setText(f"Saved {result['checkpoint']} ({summary}); it is now the model "
+                                  "of the Classify widget.")
+        self._point_classify_widgets(result["checkpoint"])
+
+    def _point_classify_widgets(self, checkpoint) -> None:
+        """Make open Classify widgets use ``checkpoint`` now (the settings file covers new ones)."""
+        from napari_ssmamba.gui.classify_widget import CHECKPOINT_FILE, ClassifyWidget
+
+        for widget in self.viewer.window.dock_widgets.values():
+            classify = widget if isinstance(widget, ClassifyWidget) else widget.findChild(ClassifyWidget)
+            if classify is not None:
+                classify.model_combo.setCurrentText(CHECKPOINT_FILE)
+                classify.model_path.setText(str(checkpoint))

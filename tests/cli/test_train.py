@@ -1,0 +1,51 @@
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from napari_ssmamba.cli import main
+
+PATCHES = Path(__file__).parents[2] / ".." / "shared" / "data" / "patches" / "nct-crc-he-100k"
+
+
+@pytest.fixture
+def config(tmp_path):
+    if not PATCHES.is_dir():
+        pytest.skip(f"shared test data not found at {PATCHES}")
+    sources = [{"image": str(PATCHES.resolve() / name), "class": label, "mpp": 0.5, "blocks": 2,
+                "min_coverage": 0.51}
+               for name, label in [("BACK-AAQSHYMA.tif", "background"), ("LYM-AATTSRNN.tif", "lymphocytes")]]
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"arch": "ssmamba_test", "epochs": 1, "batch_size": 16, "device": "cpu",
+                                    "data": {"sources": sources, "tile_size": 32, "mpps": [0.5]}}))
+    return path
+
+
+def test_finetune_then_evaluate(config, tmp_path):
+    out = tmp_path / "run"
+    runner = CliRunner()
+    result = runner.invoke(main, ["train", "finetune", "--config", str(config), "--out", str(out),
+                                  "--set", "lr=0.003", "--set", "patience=null"])
+    assert result.exit_code == 0, result.output
+    assert "model saved to" in result.output and "balanced_accuracy" in result.output
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert record["phase"] == "fine-tuning" and record["epoch"] == 0
+    result = runner.invoke(main, ["train", "evaluate", "--checkpoint", str(out), "--config", str(config),
+                                  "--output", str(tmp_path / "eval.json"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "eval.json").read_text())["n"] == 72
+
+
+def test_unknown_config_key_is_a_usage_error(config):
+    result = CliRunner().invoke(main, ["train", "finetune", "--config", str(config), "--set", "epoch=3"])
+    assert result.exit_code == 2 and "unknown FinetuneConfig keys ['epoch']" in result.output
+
+
+def test_help_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys; from napari_ssmamba.cli import train; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"

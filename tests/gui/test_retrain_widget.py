@@ -1,0 +1,55 @@
+import numpy as np
+import pytest
+
+from napari_ssmamba.gui.retrain_widget import RetrainWidget
+
+
+@pytest.fixture
+def widget(make_napari_viewer, tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_SSMAMBA_CONFIG_DIR", str(tmp_path / "config"))
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-ssmamba", "cmu1_small_region")
+    return viewer, RetrainWidget(viewer)
+
+
+def _draw(layer, boxes):
+    for x0, y0, x1, y1 in boxes:
+        layer.add_polygons([np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]], dtype=float)])
+
+
+def test_classes_from_shapes_and_tile_counts(widget):
+    viewer, w = widget
+    assert w.slide_combo.currentText() == "CMU-1-Small-Region"
+    tissue = w.add_class("tissue", (200, 0, 0))
+    _draw(tissue, [(700, 1000, 1300, 1600)])
+    w.tile_spin.setValue(112)
+    counts = w.tile_counts()
+    assert counts == {"tissue": int(600 * 600 // (112 * 0.5 / 0.499) ** 2)}
+    assert "too few" in w.counts_label.text() or "two classes" in w.counts_label.text()
+    assert list(tissue.features["class_name"]) == ["tissue"]
+
+
+def test_tiny_run_saves_a_model_and_keeps_annotations(widget, qtbot):
+    from napari_ssmamba.model import load_checkpoint
+    from napari_ssmamba.settings import load_settings
+
+    viewer, w = widget
+    tissue = w.add_class("tissue", (200, 0, 0))
+    glass = w.add_class("glass", (220, 220, 220))
+    _draw(tissue, [(700, 1000, 1000, 1300), (1000, 1300, 1300, 1600)])
+    _draw(glass, [(1700, 100, 2000, 400), (1900, 300, 2200, 600)])
+    before = [np.array(d) for d in tissue.data]
+    w.arch_combo.setCurrentText("ssmamba_test")
+    w.tile_spin.setValue(32)
+    w.mpp_edit.setText("2.0")
+    w.epochs_spin.setValue(2)
+    worker = w.run()
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        pass
+    assert w.result is not None, w.status_label.text()
+    model, card = load_checkpoint(w.result["checkpoint"])
+    assert sorted(card.class_names) == ["glass", "tissue"]
+    assert card.class_colors[card.class_names.index("tissue")] == (200, 0, 0)
+    assert load_settings().default_model == str(w.result["checkpoint"].resolve())
+    assert all(np.array_equal(a, b) for a, b in zip(before, tissue.data))
+    assert list(tissue.features["class_name"]) == ["tissue", "tissue"]
