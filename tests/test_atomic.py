@@ -32,3 +32,15 @@ def test_atomic_path_creates_parent_and_cleans_up(tmp_path: Path) -> None:
 def test_atomic_open_refuses_read_mode(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="for writing"), atomic_open(tmp_path / "x", "r"):
         pass
+
+
+def test_atomic_files_get_the_umask_mode_not_mkstemps_0600(tmp_path: Path) -> None:
+    import os
+
+    old = os.umask(0o022)
+    try:
+        with atomic_open(tmp_path / "shared.txt") as fh:
+            fh.write("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "shared.txt").stat().st_mode & 0o777 == 0o644
