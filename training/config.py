@@ -83,6 +83,9 @@ class FinetuneConfig(RunConfig):
     ``freeze_stages`` keeps the stem and the first that many stages fixed (partial fine-tuning);
     with ``cached_views`` > 0 their output is computed once for that many augmented views of
     each tile and the remaining stages train on the cached maps (a CPU budget option).
+    ``freeze_bn`` runs every BatchNorm layer on its running statistics (frozen BN, the usual
+    choice when fine-tuning a pretrained backbone on small batches); it also makes a DDP run on
+    CPU, where SyncBatchNorm is unavailable, equal to one process with the same global batch.
     """
 
     init: str | None = None
@@ -95,6 +98,7 @@ class FinetuneConfig(RunConfig):
     drop_path_rate: float | None = None
     freeze_stages: int = 0
     cached_views: int = 0
+    freeze_bn: bool = False
 
 
 def _build(cls, values: dict) -> Any:

@@ -93,6 +93,7 @@ def fit(
     cancel=None,
     on_epoch: Callable[[dict], None] | None = None,
     what: str = "training",
+    freeze_bn: bool = False,
 ) -> FitResult:
     """Train ``model`` for ``schedule.epochs`` epochs and return the history.
 
@@ -103,6 +104,7 @@ def fit(
     without improvement stop the run. The resumable state is written to ``out_dir/state`` after
     each epoch and picked up when ``resume`` is set; metrics go to ``out_dir/metrics.jsonl``.
     A set ``cancel`` raises ``CancelledError`` between batches; the last finished epoch is kept.
+    ``freeze_bn`` keeps BatchNorm layers in eval mode (running statistics) while training.
     """
     import torch
 
@@ -124,7 +126,7 @@ def fit(
             return result
     train_model = model
     if env.distributed:
-        if device.type == "cuda":  # batch-norm statistics over the global batch (CUDA only in torch)
+        if device.type == "cuda" and not freeze_bn:  # batch-norm statistics over the global batch (CUDA only in torch)
             torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
@@ -140,6 +142,10 @@ def fit(
         epoch_started = time.perf_counter()
         sampler.set_epoch(epoch)
         train_model.train()
+        if freeze_bn:
+            for module in model.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         loss_sum, sums = 0.0, {}
         for batch in loader:
             raise_if_cancelled(cancel, what)

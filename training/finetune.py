@@ -246,7 +246,7 @@ def finetune(
                  env=env, out_dir=out_dir, amp=amp, validate=validate, monitor=monitor, mode=mode,
                  patience=config.patience if validate is not None else None, on_improve=save_best,
                  resume=config.resume, progress=progress, cancel=cancel, on_epoch=on_epoch,
-                 what="fine-tuning")
+                 what="fine-tuning", freeze_bn=config.freeze_bn)
     metrics = None
     if env.is_main:
         best, _ = load_checkpoint(checkpoint, device=env.device)
