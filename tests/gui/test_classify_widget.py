@@ -66,6 +66,7 @@ def test_classify_rectangle_roi_layers_aligned(qtbot, viewer_with_sample, small_
     assert f"{stem} [classes]" in names and f"{stem} [LPR attention]" in names
     assert all(f"{stem} [{c} probability]" in names for c in result.class_names)
     assert shapes.features["predicted_class"][0] == result.rois[0].class_name
+    assert shapes.features["prediction"][0] == f"{result.rois[0].class_name} {result.rois[0].confidence:.2f}"
     assert "Tumor" in widget.legend_label.text()
 
     labels = viewer.layers[f"{stem} [classes]"]

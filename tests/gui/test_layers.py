@@ -197,3 +197,21 @@ def test_align_to_layer():
     slide = Shapes(scale=(0.5, 0.5), translate=(10, 20))
     align_to_layer([layer], slide)
     assert tuple(layer.scale) == (0.5, 0.5) and tuple(layer.translate) == (10, 20)
+
+
+def test_rois_drawn_in_another_frame_land_in_slide_pixels(make_napari_viewer):
+    """A ROI on a pixel-unit shapes layer maps through world coordinates to level-0 pixels."""
+    import numpy as np
+
+    from napari_ssmamba.gui.layers import annotations_in_slide_frame
+
+    viewer = make_napari_viewer()
+    slide_layer = viewer.add_image(np.zeros((400, 300), np.uint8), scale=(0.5, 0.5), translate=(10, 20))
+    # the same level-0 box (x 40..100, y 60..160) drawn on a layer in slide frame and in world px
+    in_frame = viewer.add_shapes([[[60, 40], [160, 100]]], shape_type="rectangle",
+                                 scale=(0.5, 0.5), translate=(10, 20))
+    in_world = viewer.add_shapes([[[40, 40], [90, 70]]], shape_type="rectangle")
+    expected = annotations_in_slide_frame(in_frame, slide_layer)[0].geometry
+    mapped = annotations_in_slide_frame(in_world, slide_layer)[0].geometry
+    assert expected.bounds == (40.0, 60.0, 100.0, 160.0)
+    assert mapped.symmetric_difference(expected).area < 1e-6

@@ -186,7 +186,7 @@ class ClassifyWidget(QWidget):
         rois = None
         if self.roi_combo.currentText() not in ("", WHOLE_TISSUE):
             roi_layer = self.viewer.layers[self.roi_combo.currentText()]
-            rois = self._rois_of(roi_layer)
+            rois = self._rois_of(roi_layer, slide_layer)
             if not rois:
                 show_warning(
                     f"'{roi_layer.name}' has no rectangle, polygon or ellipse to classify."
@@ -245,10 +245,11 @@ class ClassifyWidget(QWidget):
         return self._models[path]
 
     @staticmethod
-    def _rois_of(layer) -> list:
-        """Annotations with an area from a shapes layer; drawn shapes get an id in ``features``."""
+    def _rois_of(layer, slide_layer) -> list:
+        """Annotations with an area from a shapes layer, in the slide's level-0 pixels; drawn
+        shapes get an id in ``features``."""
         from napari_ssmamba.annotations import new_id
-        from napari_ssmamba.gui.layers import layer_to_annotations
+        from napari_ssmamba.gui.layers import annotations_in_slide_frame
 
         features = layer.features.copy()
         if "id" not in features:
@@ -257,7 +258,7 @@ class ClassifyWidget(QWidget):
         if "".join(ids) == "" or "" in ids:
             features["id"] = [i or new_id() for i in ids]
             layer.features = features
-        return [a for a in layer_to_annotations(layer) if a.geometry.area > 0]
+        return [a for a in annotations_in_slide_frame(layer, slide_layer) if a.geometry.area > 0]
 
     def _set_running(self, running: bool) -> None:
         self.run_button.setEnabled(not running)
@@ -383,24 +384,27 @@ class ClassifyWidget(QWidget):
                 by_id[roi.annotation.id] = roi
         features = layer.features.copy()
         ids = features["id"].astype(str).tolist() if "id" in features else [""] * len(layer.data)
-        classes, confidences, edges = [], [], []
+        classes, confidences, labels, edges = [], [], [], []
         for row_id in ids:
             roi = by_id.get(row_id)
             if roi is None or roi.class_index is None:
                 classes.append("")
                 confidences.append(np.nan)
+                labels.append("" if roi is None else "no tissue")
                 edges.append((0.6, 0.6, 0.6, 1.0))
             else:
                 classes.append(roi.class_name)
                 confidences.append(roi.confidence)
+                labels.append(f"{roi.class_name} {roi.confidence:.2f}")
                 edges.append(tuple(v / 255 for v in result.class_colors[roi.class_index]) + (1.0,))
         features["predicted_class"] = classes
         features["confidence"] = confidences
+        features["prediction"] = labels
         layer.features = features
         layer.edge_color = edges
         layer.edge_width = [max(float(w), 12.0) for w in np.ravel(layer.edge_width)]
         layer.text = {
-            "string": "{predicted_class} {confidence:.2f}",
+            "string": "{prediction}",
             "color": "black",
             "size": 11,
             "anchor": "upper_left",

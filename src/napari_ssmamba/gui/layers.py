@@ -359,6 +359,31 @@ def layer_to_annotations(layer_or_layer_data: Any) -> list[Annotation]:
     return annotations
 
 
+def annotations_in_slide_frame(layer: Any, slide_layer: Any) -> list[Annotation]:
+    """Annotations of a shapes or points ``layer`` in the level-0 pixels of ``slide_layer``.
+
+    A layer's data coordinates are level-0 pixels only when it has the slide layer's scale and
+    translate; a layer drawn in pixel units, or opened with another frame, is mapped through world
+    coordinates (scale and translate of both layers) so that its ROIs land where they are drawn.
+    """
+    from shapely import affinity
+
+    annotations = layer_to_annotations(layer)
+    scale = np.asarray(layer.scale[-2:], float) / np.asarray(slide_layer.scale[-2:], float)
+    offset = (np.asarray(layer.translate[-2:], float) - np.asarray(slide_layer.translate[-2:], float)) / (
+        np.asarray(slide_layer.scale[-2:], float)
+    )
+    if np.allclose(scale, 1.0) and np.allclose(offset, 0.0):
+        return annotations
+    # shapely geometries are (x, y): [a, b, d, e, xoff, yoff] maps x' = a x + xoff, y' = e y + yoff
+    matrix = [scale[1], 0.0, 0.0, scale[0], offset[1], offset[0]]
+    for annotation in annotations:
+        annotation.geometry = affinity.affine_transform(annotation.geometry, matrix)
+        if annotation.nucleus_geometry is not None:
+            annotation.nucleus_geometry = affinity.affine_transform(annotation.nucleus_geometry, matrix)
+    return annotations
+
+
 def _as_layer_data(value: Any) -> LayerDataTuple:
     if hasattr(value, "as_layer_data_tuple"):
         return value.as_layer_data_tuple()

@@ -109,13 +109,14 @@ class RetrainWidget(QWidget):
         return [layer for layer in self.viewer.layers
                 if layer._type_string == "shapes" and "class_name" in layer.features]
 
-    def _annotations(self):
-        """Copies of the labelled polygons of every shapes layer (the layers stay untouched)."""
-        from napari_ssmamba.gui.layers import layer_to_annotations
+    def _annotations(self, slide_layer):
+        """Copies of the labelled polygons of every shapes layer, in the slide's level-0 pixels
+        (the layers stay untouched)."""
+        from napari_ssmamba.gui.layers import annotations_in_slide_frame
 
         annotations = []
         for layer in self._shapes_layers():
-            annotations += [a for a in layer_to_annotations(layer.as_layer_data_tuple())
+            annotations += [a for a in annotations_in_slide_frame(layer, slide_layer)
                             if a.class_name and a.geometry.geom_type in ("Polygon", "MultiPolygon")]
         return annotations
 
@@ -128,7 +129,7 @@ class RetrainWidget(QWidget):
         slide_mpp = sum(slide.mpp) / 2 if slide.mpp else 1.0
         side = self.tile_spin.value() * float(self.mpp_edit.text()) / slide_mpp
         counts: dict[str, int] = {}
-        for annotation in self._annotations():
+        for annotation in self._annotations(layer):
             counts[annotation.class_name] = counts.get(annotation.class_name, 0) + int(annotation.geometry.area // side**2)
         return counts
 
@@ -227,7 +228,7 @@ class RetrainWidget(QWidget):
         from napari_ssmamba.training.registry import user_models_dir
 
         layer = self._slide_layer()
-        annotations = self._annotations()
+        annotations = self._annotations(layer) if layer is not None else []
         if layer is None or len({a.class_name for a in annotations}) < 2:
             self.status_label.setText("Open a slide and draw regions of at least two classes.")
             return None
