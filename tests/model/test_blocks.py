@@ -18,9 +18,11 @@ def test_lpr_folded_residual_equals_x_plus_branch():
     x = torch.randn(2, 5, 6, 8)
     expected = x + lpr.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
     torch.testing.assert_close(lpr(x), expected)
-    lpr.record = True
-    torch.testing.assert_close(lpr(x), expected)
-    assert lpr.response.shape == (2, 5, 6)
+    responses = []
+    torch.testing.assert_close(lpr(x, responses), expected)
+    branch = lpr.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    assert len(responses) == 1
+    torch.testing.assert_close(responses[0], branch.norm(dim=-1))
 
 
 def test_conv_block_folds_batchnorm_exactly():

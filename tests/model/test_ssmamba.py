@@ -103,8 +103,56 @@ def test_lpr_maps_on_a_real_patch(shared_data):
     maps = model.lpr_maps(x)
     assert maps.shape == (1, *x.shape[-2:])
     assert maps.min() == 0 and maps.max() == 1
-    assert all(not b.lpr.record and b.lpr.response is None
-               for s in model.stages for b in s.blocks)
+
+
+def test_forward_with_lpr_equals_forward_and_lpr_maps():
+    model = create_model("ssmamba_test", num_classes=3).eval()
+    x = torch.randn(3, 3, 64, 64)
+    with torch.inference_mode():
+        logits, maps = model.forward_with_lpr(x)
+        assert torch.equal(logits, model(x))
+        assert torch.equal(maps, model.lpr_maps(x))
+        assert maps.shape == (3, 64, 64)
+        _, maps_stage3 = model.forward_with_lpr(x, stages=(3,))
+    assert not torch.equal(maps_stage3, maps)
+
+
+def test_lpr_maps_from_several_threads_share_one_model():
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = create_model("ssmamba_test").eval()
+    inputs = [torch.randn(2, 3, 32 + 16 * i, 64) for i in range(6)]  # sizes differ per call
+    expected = [model.lpr_maps(x) for x in inputs]
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(model.lpr_maps, inputs))
+    for got, want in zip(results, expected):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("name,digest", [("ssmamba_tiny", "70b615c037ea5f44"),
+                                          ("ssmamba_test", "75487643546280b4")])
+def test_bundled_sizes_keep_their_parameter_layout(name, digest):
+    # the default checkpoint is an ssmamba_tiny and tests use ssmamba_test: their keys and shapes
+    # (sha256 of the sorted "key:shape" lines) must not move
+    import hashlib
+
+    state = create_model(name, num_classes=1000).state_dict()
+    layout = "\n".join(f"{k}:{tuple(v.shape)}" for k, v in sorted(state.items()))
+    assert hashlib.sha256(layout.encode()).hexdigest()[:16] == digest
+
+
+def test_alternate_axes_and_attention_per_stage():
+    model = create_model("ssmamba_test", num_directions=2, alternate_axes=True,
+                         num_attention_blocks=(0, 0, 0, 1), depths=(1, 1, 3, 2)).eval()
+    mixers = [b.mixer for b in model.stages[2].blocks]
+    assert [m.first_direction for m in mixers] == [0, 2, 0]
+    assert [type(b) for b in model.stages[3].blocks] == [DMSBlock, AttentionBlock]
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        model.set_scan_backend("cpu")
+        fast = model(x)
+        model.set_scan_backend("ref")
+        torch.testing.assert_close(fast, model(x), rtol=1e-4, atol=1e-4)
 
 
 def _stripes(n, size=32):
@@ -178,3 +226,17 @@ def test_gpu_fused_inference_path_matches_the_plain_path():
             fused_bf16 = model(x).float()
     torch.testing.assert_close(fused, plain, rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(fused_bf16, plain, rtol=5e-2, atol=5e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_alternate_axes_model_matches_the_cpu_path():
+    model = create_model("ssmamba_test", num_classes=3, num_directions=2, alternate_axes=True,
+                         num_attention_blocks=(0, 0, 1, 1), depths=(1, 1, 3, 2)).cuda().eval()
+    x = torch.randn(2, 3, 96, 96, device="cuda")
+    with torch.no_grad():
+        model.set_scan_backend("triton")
+        fast = model(x)
+        model.set_scan_backend("cpu")
+        ref = model(x)
+    torch.testing.assert_close(fast, ref, rtol=1e-3, atol=1e-3)

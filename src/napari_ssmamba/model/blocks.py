@@ -156,8 +156,9 @@ class LPR(nn.Module):
 
     The branch keeps fine texture (nuclei, membranes) that long scans blur. The residual is folded
     into the convolution (identity added to the kernel's centre tap), one kernel instead of two.
-    With ``record`` set, the per-position magnitude of the branch's response, ``|dwconv(x)|`` over
-    channels, is kept in ``response`` (B, H, W): the LPR attention view.
+    Given a ``responses`` list, ``forward`` also appends the per-position magnitude of the branch,
+    ``|dwconv(x)|`` over channels, (B, H, W) in float32: the LPR attention view. Nothing is kept on
+    the module, so one model serves several threads.
     """
 
     def __init__(self, dim: int, kernel_size: int = 3):
@@ -166,15 +167,12 @@ class LPR(nn.Module):
         identity = torch.zeros(dim, 1, kernel_size, kernel_size)
         identity[:, 0, kernel_size // 2, kernel_size // 2] = 1.0
         self.register_buffer("identity", identity, persistent=False)
-        self.record = False
-        self.response = None
 
-    def forward(self, x):
+    def forward(self, x, responses: list | None = None):
         x_nchw = x.permute(0, 3, 1, 2)  # channels_last view
-        if self.record:
-            r = self.conv(x_nchw).permute(0, 2, 3, 1)
-            self.response = torch.linalg.vector_norm(r.detach().float(), dim=-1)
-            return x + r
+        if responses is not None:
+            r = self.conv(x_nchw).detach().permute(0, 2, 3, 1)
+            responses.append(torch.linalg.vector_norm(r.float(), dim=-1))
         weight = self.conv.weight + self.identity
         return F.conv2d(x_nchw, weight, self.conv.bias, padding=self.conv.padding,
                         groups=self.conv.groups).permute(0, 2, 3, 1)
@@ -195,8 +193,8 @@ class ConvBlock(nn.Module):
         self.ls = _layer_scale(dim, ls_init_value)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x):
-        x = self.lpr(x)
+    def forward(self, x, responses: list | None = None):
+        x = self.lpr(x, responses)
         if self.training:
             return x + self.drop_path(self.ls(self.mlp(self.norm(x))))
         scale, shift = _bn_scale_shift(self.norm)
@@ -218,7 +216,8 @@ class DMSMixer(nn.Module):
 
     One input projection gives the scanned stream u and a gate z; one x-projection gives dt, B and C
     per token. u is scanned over the token grid in ``num_directions`` raster orders (row-major and
-    column-major, forward and reversed) at the full grid and at a 2x2 average-pooled grid, each path
+    column-major, forward and reversed; with two, the row pair, or the column pair from
+    ``first_direction=2``) at the full grid and at a 2x2 average-pooled grid, each path
     with its own A, D and dt bias; the paths are merged with learned per-channel weights, gated by
     silu(z) and projected back. All directions of one scale go through one scan call.
 
@@ -229,12 +228,14 @@ class DMSMixer(nn.Module):
     """
 
     def __init__(self, dim: int, d_state: int = 8, expand: float = 1.0, dt_rank: int | str = "auto",
-                 num_directions: int = 4, pooled_scale: bool = True, scan_backend: str = "auto"):
+                 num_directions: int = 4, pooled_scale: bool = True, scan_backend: str = "auto",
+                 first_direction: int = 0):
         super().__init__()
         self.d_inner = d_inner = int(expand * dim)
         self.d_state = d_state
         self.dt_rank = dt_rank = math.ceil(dim / 16) if dt_rank == "auto" else dt_rank
         self.num_directions = num_directions
+        self.first_direction = first_direction
         self.num_scales = 2 if pooled_scale else 1
         self.scan_backend = scan_backend
         self.in_proj = nn.Linear(dim, 2 * d_inner, bias=False)
@@ -257,7 +258,8 @@ class DMSMixer(nn.Module):
         y = grid_scan(u.reshape(batch, h * w, -1), delta.reshape(batch, h * w, -1),
                       -torch.exp(self.A_log[scale].float()), Bs.reshape(batch, h * w, -1),
                       Cs.reshape(batch, h * w, -1), self.D[scale].float(), self.dt_bias[scale].float(),
-                      (h, w), delta_softplus=True, backend=self.scan_backend)
+                      (h, w), delta_softplus=True, backend=self.scan_backend,
+                      first_direction=self.first_direction)
         return y.view(-1, batch, h, w, y.shape[-1])
 
     def forward(self, x):
@@ -278,20 +280,21 @@ class DMSBlock(nn.Module):
     def __init__(self, dim: int, mlp_ratio: float = 3.0, d_state: int = 8, expand: float = 1.0,
                  drop_path: float = 0.0, ls_init_value: float | None = None,
                  lpr_kernel_size: int = 3, num_directions: int = 4, pooled_scale: bool = True,
-                 scan_backend: str = "auto"):
+                 scan_backend: str = "auto", first_direction: int = 0):
         super().__init__()
         self.lpr = LPR(dim, lpr_kernel_size)
         self.norm1 = nn.LayerNorm(dim)
         self.mixer = DMSMixer(dim, d_state=d_state, expand=expand, num_directions=num_directions,
-                              pooled_scale=pooled_scale, scan_backend=scan_backend)
+                              pooled_scale=pooled_scale, scan_backend=scan_backend,
+                              first_direction=first_direction)
         self.ls1 = _layer_scale(dim, ls_init_value)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.ls2 = _layer_scale(dim, ls_init_value)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x):
-        x = self.lpr(x)
+    def forward(self, x, responses: list | None = None):
+        x = self.lpr(x, responses)
         return _residual_branches(self, x, lambda h: self.mixer.out_proj(self.mixer(h)),
                                   self.mixer.out_proj.weight, self.mixer)
 
@@ -343,7 +346,7 @@ class AttentionBlock(nn.Module):
         self.ls2 = _layer_scale(dim, ls_init_value)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x):
-        x = self.lpr(x)
+    def forward(self, x, responses: list | None = None):
+        x = self.lpr(x, responses)
         return _residual_branches(self, x, lambda h: self.attn.proj(self.attn(h)), self.attn.proj.weight,
                                   self.attn)

@@ -21,9 +21,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class SSMambaStage(nn.Module):
+    """Downsample, then ``depth`` blocks of ``block_type``, the last ``num_attention_blocks`` of them
+    attention blocks. With ``alternate_axes`` (two directions), every other DMS block scans the
+    column pair of orders instead of the row pair."""
+
     def __init__(self, dim: int, dim_out: int, depth: int, block_type: str, num_attention_blocks=0,
                  mlp_ratio=3.0, d_state=8, num_heads=8, drop_path=(0.0,), ls_init_value=None,
-                 downsample=True, dms_kwargs=None):
+                 downsample=True, dms_kwargs=None, alternate_axes=False):
         super().__init__()
         norm = "batch" if block_type == "conv" else "layer"
         self.downsample = Downsample(dim, dim_out, norm=norm) if downsample else nn.Identity()
@@ -34,29 +38,39 @@ class SSMambaStage(nn.Module):
             if i >= depth - num_attention_blocks:
                 blocks.append(AttentionBlock(dim_out, num_heads=num_heads, **common))
             elif block_type == "dms":
-                blocks.append(DMSBlock(dim_out, d_state=d_state, **(dms_kwargs or {}), **common))
+                first_direction = 2 * (i % 2) if alternate_axes else 0
+                blocks.append(DMSBlock(dim_out, d_state=d_state, first_direction=first_direction,
+                                       **(dms_kwargs or {}), **common))
             else:
                 blocks.append(ConvBlock(dim_out, **common))
         self.blocks = nn.Sequential(*blocks)
 
-    def forward(self, x):
+    def forward(self, x, responses: list | None = None):
+        """Blocks in order; a ``responses`` list collects every block's LPR response."""
         x = self.downsample(x)
-        if self.grad_checkpointing and torch.is_grad_enabled():
+        if self.grad_checkpointing and torch.is_grad_enabled() and responses is None:
             for block in self.blocks:
                 x = checkpoint(block, x, use_reentrant=False)
             return x
-        return self.blocks(x)
+        for block in self.blocks:
+            x = block(x, responses)
+        return x
 
 
 class SSMamba(nn.Module):
-    """SSMamba classifier; ``forward(x)`` maps (B, in_chans, H, W) normalised images to logits."""
+    """SSMamba classifier; ``forward(x)`` maps (B, in_chans, H, W) normalised images to logits.
+
+    ``num_attention_blocks`` is the number of attention blocks ending the last stage, or one count
+    per stage; ``alternate_axes`` with ``num_directions=2`` lets DMS blocks alternate between the
+    row and the column pair of scan orders.
+    """
 
     def __init__(self, num_classes: int = 1000, in_chans: int = 3, dims=(64, 128, 256, 512),
                  depths=(2, 2, 6, 2), stage_types=("conv", "conv", "dms", "dms"),
-                 num_attention_blocks: int = 1, mlp_ratio: float = 3.0, d_state: int = 8,
+                 num_attention_blocks: int | tuple[int, ...] = 1, mlp_ratio: float = 3.0, d_state: int = 8,
                  head_dim: int = 32, drop_rate: float = 0.0, drop_path_rate: float = 0.0,
                  ls_init_value: float | None = None, num_directions: int = 4, pooled_scale: bool = True,
-                 scan_backend: str = "auto"):
+                 alternate_axes: bool = False, scan_backend: str = "auto"):
         super().__init__()
         self.num_classes = num_classes
         self.num_features = dims[-1]
@@ -66,11 +80,13 @@ class SSMamba(nn.Module):
         self.stem = Stem(in_chans, dims[0])
         self.mask_token = nn.Parameter(torch.zeros(dims[0]))
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        if isinstance(num_attention_blocks, int):  # an int counts the last stage's attention blocks
+            num_attention_blocks = (0,) * (len(dims) - 1) + (num_attention_blocks,)
         stages, start, dim_in = [], 0, dims[0]
         for i, (dim, depth) in enumerate(zip(dims, depths)):
             stages.append(SSMambaStage(
                 dim_in, dim, depth, stage_types[i],
-                num_attention_blocks=num_attention_blocks if i == len(dims) - 1 else 0,
+                num_attention_blocks=num_attention_blocks[i], alternate_axes=alternate_axes,
                 mlp_ratio=mlp_ratio, d_state=d_state, num_heads=max(1, dim // head_dim),
                 drop_path=dpr[start:start + depth], ls_init_value=ls_init_value,
                 downsample=i > 0, dms_kwargs=dict(num_directions=num_directions,
@@ -131,6 +147,23 @@ class SSMamba(nn.Module):
     def forward(self, x):
         return self.forward_head(self.forward_features(x))
 
+    def forward_with_lpr(self, x, stages=(1, 2, 3)):
+        """One backbone pass giving ``(logits, lpr_maps)``: both equal ``forward(x)`` and
+        ``lpr_maps(x, stages)``, for the cost of one forward and one depthwise convolution a block."""
+        responses = []
+        h = self._stem(x)
+        for i, stage in enumerate(self.stages):
+            h = stage(h, responses if i in stages else None)
+        logits = self.forward_head(self.norm(h.mean(dim=(1, 2))))
+        with torch.no_grad():
+            total = None
+            for r in responses:
+                r = F.interpolate(_normalise(r)[:, None], size=x.shape[-2:], mode="bilinear",
+                                  align_corners=False)
+                total = r if total is None else total + r
+            maps = _normalise(total[:, 0])
+        return logits, maps
+
     def forward_masked(self, x, mask):
         """MAMIM hook: replace masked stem tokens by the learned mask token, run all stages.
 
@@ -145,23 +178,11 @@ class SSMamba(nn.Module):
     def lpr_maps(self, x, stages=(1, 2, 3)):
         """LPR attention view: (B, H, W) in [0, 1] per image, at the input's size.
 
-        Each LPR branch of the chosen stages records ``|dwconv(x)|`` per position; each map is scaled
-        to [0, 1] per image, upsampled bilinearly to the input size, and the maps are averaged.
+        Each LPR branch of the chosen stages gives ``|dwconv(x)|`` per position; each map is scaled
+        to [0, 1] per image, upsampled bilinearly to the input size, and the maps are averaged. The
+        responses travel with the call, not on the modules: threads may share one model.
         """
-        lprs = [b.lpr for i in stages for b in self.stages[i].blocks]
-        for lpr in lprs:
-            lpr.record = True
-        try:
-            self.forward_features(x)
-            total = None
-            for lpr in lprs:
-                r = _normalise(lpr.response)[:, None]
-                r = F.interpolate(r, size=x.shape[-2:], mode="bilinear", align_corners=False)
-                total = r if total is None else total + r
-        finally:
-            for lpr in lprs:
-                lpr.record, lpr.response = False, None
-        return _normalise(total[:, 0])
+        return self.forward_with_lpr(x, stages)[1]
 
 
 def _normalise(maps):
@@ -199,8 +220,12 @@ def _cfg(**kwargs):
 MODEL_ARGS = {
     "ssmamba_test": dict(dims=(16, 32, 48, 64), depths=(1, 1, 1, 2), d_state=4, head_dim=16),
     "ssmamba_tiny": dict(dims=(48, 96, 192, 384), depths=(1, 2, 4, 2)),
-    "ssmamba_small": dict(dims=(64, 128, 256, 512), depths=(2, 2, 6, 2)),
-    "ssmamba_base": dict(dims=(96, 192, 384, 768), depths=(2, 3, 8, 3), d_state=8),
+    # small and base: fewer scanned blocks, each scanning one axis both ways (alternating), and
+    # attention where the grid is coarsest (docs/model.md, "Sizes")
+    "ssmamba_small": dict(dims=(64, 128, 320, 512), depths=(1, 2, 2, 4), num_attention_blocks=3,
+                          d_state=4, num_directions=2, alternate_axes=True),
+    "ssmamba_base": dict(dims=(96, 192, 384, 768), depths=(2, 2, 6, 4), num_attention_blocks=3,
+                         num_directions=2, alternate_axes=True),
 }
 
 

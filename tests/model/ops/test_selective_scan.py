@@ -116,6 +116,15 @@ def test_grid_scan_matches_one_scan_per_direction():
         torch.testing.assert_close(y[k][:, order], y_k.transpose(1, 2), rtol=1e-4, atol=1e-4)
 
 
+def test_grid_scan_from_a_later_direction_matches_those_directions():
+    inputs = _grid_inputs()
+    y = grid_scan(**inputs, hw=(5, 6), backend="cpu")
+    later = {k: v[2:] if k in ("A", "D", "delta_bias") else v for k, v in inputs.items()}
+    torch.testing.assert_close(grid_scan(**later, hw=(5, 6), backend="cpu", first_direction=2), y[2:])
+    with pytest.raises(ValueError, match="exceed"):
+        grid_scan(**later, hw=(5, 6), backend="cpu", first_direction=3)
+
+
 def _check_grid(backend, dtype, rtol, atol, hw=(7, 9), **kw):
     inputs = _grid_inputs(hw=hw, device="cuda", dtype=dtype, **kw)
     ref_inputs = {k: v.detach().float().clone().requires_grad_() for k, v in inputs.items()}

@@ -44,6 +44,11 @@ SCRIPT = textwrap.dedent("""
               leaf(K, E), leaf(K, E, scale=0.3)]
     compare(lambda *t: grid_scan_triton(*t, (H, W)),
             lambda *t: grid_scan_reference(*t, (H, W), backend="ref"), inputs)
+    A = (-torch.rand(2, E, N) * 3 - 0.1).requires_grad_()
+    inputs = [leaf(2, H * W, E), leaf(2, H * W, E, scale=0.5), A, leaf(2, H * W, N), leaf(2, H * W, N),
+              leaf(2, E), leaf(2, E, scale=0.3)]
+    compare(lambda *t: grid_scan_triton(*t, (H, W), first_direction=2),
+            lambda *t: grid_scan_reference(*t, (H, W), backend="ref", first_direction=2), inputs)
     from napari_ssmamba.model.ops import merge_gate_reference
     from napari_ssmamba.model.ops.triton_scan import merge_gate_triton
 

@@ -29,11 +29,12 @@ def direction_order(direction: int, height: int, width: int, device=None) -> tor
     return order.flip(0) if direction in (1, 3) else order
 
 
-def grid_scan_reference(u, delta, A, B, C, D, delta_bias, hw, delta_softplus=True, backend="cpu"):
+def grid_scan_reference(u, delta, A, B, C, D, delta_bias, hw, delta_softplus=True, backend="cpu",
+                        first_direction=0):
     """Directional scans by gathering each order and one grouped ``selective_scan`` call."""
     batch, length, dim = u.shape
     n_dir = A.shape[0]
-    order = torch.stack([direction_order(k, *hw, device=u.device) for k in range(n_dir)])
+    order = torch.stack([direction_order(first_direction + k, *hw, device=u.device) for k in range(n_dir)])
     # (batch, L, E) -> (batch, K, L, E) in each direction's order -> (batch, K*E, L)
     u_k = u[:, order].permute(0, 1, 3, 2).reshape(batch, n_dir * dim, length)
     delta_k = delta[:, order].permute(0, 1, 3, 2).reshape(batch, n_dir * dim, length)
@@ -46,20 +47,22 @@ def grid_scan_reference(u, delta, A, B, C, D, delta_bias, hw, delta_softplus=Tru
     return torch.stack([y[k][:, inverse[k]] for k in range(n_dir)])
 
 
-def grid_scan(u, delta, A, B, C, D, delta_bias, hw, delta_softplus=True, backend="auto"):
-    """Scan a row-major token grid in ``A.shape[0]`` directions (the first K of ``DIRECTIONS``).
+def grid_scan(u, delta, A, B, C, D, delta_bias, hw, delta_softplus=True, backend="auto", first_direction=0):
+    """Scan a row-major token grid in ``K = A.shape[0]`` directions, ``DIRECTIONS[first_direction:][:K]``.
 
     Shapes: u, delta: (batch, L, E) with L = H*W; B, C: (batch, L, N); A: (K, E, N); D, delta_bias: (K, E);
     ``hw`` is (H, W). Returns y: (K, batch, L, E), each direction's output at row-major positions, in u's
-    dtype; y_k includes the D_k * u skip term.
+    dtype; y_k includes the D_k * u skip term. ``first_direction=2`` with K=2 scans the column orders.
     """
+    if first_direction + A.shape[0] > len(DIRECTIONS):
+        raise ValueError(f"{A.shape[0]} directions from {first_direction} exceed the {len(DIRECTIONS)} orders")
     backend = _training_backend(backend, u, delta, A, B, C)
     backend = resolve_backend(backend, u.device)
     if backend == "triton":
         from napari_ssmamba.model.ops.triton_scan import grid_scan_triton
 
-        return grid_scan_triton(u, delta, A, B, C, D, delta_bias, hw, delta_softplus)
-    return grid_scan_reference(u, delta, A, B, C, D, delta_bias, hw, delta_softplus, backend)
+        return grid_scan_triton(u, delta, A, B, C, D, delta_bias, hw, delta_softplus, first_direction)
+    return grid_scan_reference(u, delta, A, B, C, D, delta_bias, hw, delta_softplus, backend, first_direction)
 
 
 def _training_backend(backend, *tensors):
@@ -78,11 +81,14 @@ def merge_gate_reference(y, y_pool, weight, weight_pool, z):
     None, repeated 2x2 back onto the full grid; weight, weight_pool: (K, E); z: (B, H, W, E).
     Returns (sum_k weight_k y_k + sum_k weight_pool_k up(y_pool_k)) * silu(z), shape (B, H, W, E).
     """
-    height, width = y.shape[2:4]
-    out = torch.einsum("kbhwe,ke->bhwe", y, weight.to(y.dtype))
+    batch, height, width = y.shape[1:4]
+    # weighted sums over k as broadcast products (an einsum here became one small GEMM per channel)
+    out = (y * weight.to(y.dtype)[:, None, None, None]).sum(0)
     if y_pool is not None:
-        pooled = torch.einsum("kbhwe,ke->bhwe", y_pool, weight_pool.to(y_pool.dtype))
-        out = out + pooled.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)[:, :height, :width]
+        pooled = (y_pool * weight_pool.to(y_pool.dtype)[:, None, None, None]).sum(0)
+        h2, w2, dim = pooled.shape[1:]
+        pooled = pooled[:, :, None, :, None].expand(batch, h2, 2, w2, 2, dim).reshape(batch, 2 * h2, 2 * w2, dim)
+        out = out + pooled[:, :height, :width]
     return out * F.silu(z)
 
 

@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from napari_ssmamba.errors import BackendUnavailableError
 
 BACKENDS = ("ref", "cpu", "triton", "mamba_ssm")
+#: state values per block of the in-place CPU scan (4 MiB in float32): in the CPU's cache
+BLOCK_ELEMENTS = 1 << 20
 
 
 def _prepare(u, delta, A, B, C, delta_bias, delta_softplus):
@@ -72,7 +74,7 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
 
 
 def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                           return_last_state=False, chunk_size=None):
+                           return_last_state=False, chunk_size=None, block_elements=BLOCK_ELEMENTS):
     """The same scan as :func:`selective_scan_ref` in about 2*sqrt(L) vectorised steps instead of L.
 
     The sequence is cut into chunks; one loop runs over positions inside a chunk for all chunks at
@@ -80,15 +82,32 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
     chunk boundaries, and a last vectorised step adds each chunk's carried-in state, decayed by the
     running product of the chunk's decays (each <= 1, so nothing overflows). Exact up to float32
     rounding; plain PyTorch, so autograd works through it.
+
+    Without gradients to compute, the scan runs in place on blocks of (batch, group) rows of about
+    ``block_elements`` state values each, so that its working set stays in the CPU's cache whatever
+    the batch size.
     """
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias))
     dtype_in, u, delta, A, B, C = _prepare(u, delta, A, B, C, delta_bias, delta_softplus)
-    batch, dim, length = u.shape
-    n_state = A.shape[1]
+    length = u.shape[-1]
     T = chunk_size or max(1, math.ceil(math.sqrt(length)))
     n_chunks = -(-length // T)
     pad = n_chunks * T - length
     if pad:  # padded steps have zero log-decay and zero input
         u, delta, B, C = (F.pad(t, (0, pad)) for t in (u, delta, B, C))
+    scan = _chunked_autograd if needs_grad else _chunked_in_place
+    y, carry = scan(u, delta, A, B, C, T, block_elements)
+    y = _finish(y[..., :length], u[..., :length], D, z, dtype_in)
+    return (y, carry) if return_last_state else y
+
+
+def _chunked_autograd(u, delta, A, B, C, T, block_elements=None):
+    """The chunked scan out of differentiable ops; u, delta (batch, dim, n_chunks * T), B, C (batch,
+    G, N, n_chunks * T). Returns y (batch, dim, n_chunks * T) and the last state (batch, dim, N)."""
+    batch, dim, length = u.shape
+    n_state = A.shape[1]
+    n_chunks = length // T
     groups = B.shape[1]
 
     def steps(t):  # (batch, G*dg or G, [N,] L) -> contiguous time-major (T, batch, G, dg, chunks[, N])
@@ -99,24 +118,17 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
 
     # time-major layout: every step of the loops below reads one contiguous slab
     delta_t, u_t = steps(delta), steps(u)  # (T, batch, G, dg, chunks)
-    log_a = delta_t[..., None] * A.view(groups, dim // groups, 1, n_state)
+    a = torch.exp(delta_t[..., None] * A.view(groups, dim // groups, 1, n_state))
     x = (delta_t * u_t)[..., None] * steps(B)  # (T, batch, G, dg, chunks, N)
-    a = torch.exp(log_a)
-    if torch.is_grad_enabled():
-        h = x.new_zeros(x.shape[1:])
-        decay = torch.ones_like(h)
-        local, decays = [], []
-        for t in range(T):  # inside every chunk at once, from a zero state
-            h = a[t] * h + x[t]
-            decay = decay * a[t]  # product of the decays since the chunk start, <= 1
-            local.append(h)
-            decays.append(decay)
-        h_local, decay = torch.stack(local), torch.stack(decays)
-    else:  # the same loop, written in place: no lists to stack, one fused op per step
-        h_local, decay = x.clone(), a.clone()
-        for t in range(1, T):
-            torch.addcmul(x[t], a[t], h_local[t - 1], out=h_local[t])
-            torch.mul(decay[t - 1], a[t], out=decay[t])
+    h = x.new_zeros(x.shape[1:])
+    decay = torch.ones_like(h)
+    local, decays = [], []
+    for t in range(T):  # inside every chunk at once, from a zero state
+        h = a[t] * h + x[t]
+        decay = decay * a[t]  # product of the decays since the chunk start, <= 1
+        local.append(h)
+        decays.append(decay)
+    h_local, decay = torch.stack(local), torch.stack(decays)
     carry = x.new_zeros(x.shape[1:4] + (n_state,))
     carries = []
     for c in range(n_chunks):  # state entering each chunk
@@ -124,11 +136,50 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
         carry = decay[-1, ..., c, :] * carry + h_local[-1, ..., c, :]
     h_all = h_local + decay * torch.stack(carries, dim=-2)
     y = (h_all * steps(C)).sum(-1)  # (T, batch, G, dg, chunks)
-    y = y.movedim(0, -1).flatten(-2)[..., :length].reshape(batch, dim, length)
-    u = u[..., :length]
-    carry = carry.reshape(batch, dim, n_state)
-    y = _finish(y, u, D, z, dtype_in)
-    return (y, carry) if return_last_state else y
+    return y.movedim(0, -1).flatten(-2).reshape(batch, dim, length), carry.reshape(batch, dim, n_state)
+
+
+def _chunked_in_place(u, delta, A, B, C, T, block_elements=BLOCK_ELEMENTS):
+    """The chunked scan without autograd: same arguments and results as :func:`_chunked_autograd`.
+
+    Rows (batch element, group) are scanned in blocks of about ``block_elements`` state values, in
+    two buffers (decays and states) that the loops update in place, so the working set stays in
+    cache and no (batch, dim, N, L) tensor is ever made whole. Buffers are (T, rows, chunks, N, dg):
+    channels innermost, so every elementwise op runs over long contiguous rows.
+    """
+    batch, dim, length = u.shape
+    n_state = A.shape[1]
+    n_chunks = length // T
+    groups = B.shape[1]
+    dg = dim // groups
+    rows = batch * groups
+
+    def time_major(t, inner):  # (rows, inner, chunks * T) -> (T, rows, chunks, inner)
+        return t.reshape(rows, inner, n_chunks, T).permute(3, 0, 2, 1)
+
+    u_t, delta_t = time_major(u, dg), time_major(delta, dg)
+    B_t, C_t = time_major(B, n_state)[..., None], time_major(C, n_state)[..., None]  # (T, rows, chunks, N, 1)
+    A_g = A.view(groups, dg, n_state).transpose(1, 2)  # (G, N, dg)
+    y = u.new_empty(T, rows, n_chunks, dg)
+    last = u.new_empty(rows, n_state, dg)
+    block = max(1, block_elements // (dg * length * n_state))
+    for r0 in range(0, rows, block):
+        r1 = min(rows, r0 + block)
+        d = delta_t[:, r0:r1].contiguous()  # (T, rows, chunks, dg)
+        A_rows = A_g[torch.arange(r0, r1) % groups] if groups > 1 else A_g.expand(r1 - r0, n_state, dg)
+        a = (d[:, :, :, None] * A_rows[:, None]).exp_()  # (T, rows, chunks, N, dg)
+        h = (d.mul_(u_t[:, r0:r1])[:, :, :, None] * B_t[:, r0:r1])
+        for t in range(1, T):  # every chunk at once, from a zero state; a becomes the running decay
+            torch.addcmul(h[t], a[t], h[t - 1], out=h[t])
+            a[t].mul_(a[t - 1])
+        carries = u.new_zeros(r1 - r0, n_chunks + 1, n_state, dg)  # state entering each chunk
+        for c in range(n_chunks):
+            torch.addcmul(h[-1, :, c], a[-1, :, c], carries[:, c], out=carries[:, c + 1])
+        last[r0:r1] = carries[:, -1]
+        h.addcmul_(a, carries[:, :-1])
+        torch.sum(h.mul_(C_t[:, r0:r1]), dim=3, out=y[:, r0:r1])
+    y = y.permute(1, 3, 2, 0).reshape(batch, dim, length)
+    return y, last.transpose(1, 2).reshape(batch, dim, n_state)
 
 
 @functools.cache

@@ -46,7 +46,8 @@ def _load_delta(delta_ptr, offs_d, pos, mask, bias, SOFTPLUS: tl.constexpr, s_dd
     return tl.where(mask, dt, 0.0), dt_pre
 
 
-_SHAPE_ARGS = ["s_ub", "s_db", "s_Bb", "s_Cb", "s_yk", "s_yb", "batch", "dim", "L", "H", "W", "dim_per_group", "n_chunks"]
+_SHAPE_ARGS = ["s_ub", "s_db", "s_Bb", "s_Cb", "s_yk", "s_yb", "batch", "dim", "L", "H", "W", "dim_per_group", "n_chunks",
+               "first_direction"]
 
 
 @triton.jit(do_not_specialize=_SHAPE_ARGS)
@@ -55,7 +56,7 @@ def _scan_fwd_kernel(
     s_ub, s_ud, s_ul, s_db, s_dd, s_dl,
     s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
     s_yk, s_yb, s_yd, s_yl,
-    batch, dim, L, H, W, dim_per_group, n_chunks,
+    batch, dim, L, H, W, dim_per_group, n_chunks, first_direction,
     N: tl.constexpr, BLOCK_D: tl.constexpr, UNROLL: tl.constexpr, CHUNK: tl.constexpr,
     SOFTPLUS: tl.constexpr, STORE_STATES: tl.constexpr,
 ):
@@ -69,8 +70,8 @@ def _scan_fwd_kernel(
     pid_b = tl.program_id(0)
     pid_d = tl.program_id(1)
     pid_k = tl.program_id(2)
-    reverse = pid_k % 2 == 1
-    column = pid_k >= 2
+    reverse = (pid_k + first_direction) % 2 == 1
+    column = pid_k + first_direction >= 2
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = offs_d < dim
     group = (pid_d * BLOCK_D) // dim_per_group
@@ -135,15 +136,15 @@ def _scan_bwd_kernel(
     s_yk, s_yb, s_yd, s_yl,
     s_duk, s_dub, s_dud, s_dul,
     s_gBb, s_gBg, s_gBn, s_gBl,
-    batch, dim, L, H, W, dim_per_group, n_chunks,
+    batch, dim, L, H, W, dim_per_group, n_chunks, first_direction,
     N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
     SOFTPLUS: tl.constexpr,
 ):
     pid_b = tl.program_id(0)
     pid_d = tl.program_id(1)
     pid_k = tl.program_id(2)
-    reverse = pid_k % 2 == 1
-    column = pid_k >= 2
+    reverse = (pid_k + first_direction) % 2 == 1
+    column = pid_k + first_direction >= 2
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = offs_d < dim
     offs_n = tl.arange(0, N)
@@ -236,12 +237,13 @@ class _ScanFn(torch.autograd.Function):
     """Autograd wrapper over both kernels.
 
     ``layout`` = (n_dir, H, W, u/delta strides as (batch, dim, L), y shape, y permutation to
-    (K, batch, dim, L)); ``D`` and ``bias`` are always tensors (zeros when the caller gave none).
+    (K, batch, dim, L), index in ``grid_scan.DIRECTIONS`` of the first direction); ``D`` and ``bias``
+    are always tensors (zeros when the caller gave none).
     """
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, bias, layout, softplus):
-        n_dir, H, W, strides, y_shape, y_perm = layout
+        n_dir, H, W, strides, y_shape, y_perm, first_direction = layout
         batch, dim, L = y_shape[y_perm[1]], y_shape[y_perm[2]], y_shape[y_perm[3]]
         dim_per_group = dim // B.shape[1]
         n_state = A.shape[-1]
@@ -256,7 +258,7 @@ class _ScanFn(torch.autograd.Function):
         _scan_fwd_kernel[grid](
             u, delta, A, B, C, D, bias, y, states,
             *strides[0], *strides[1], *B.stride(), *C.stride(), *y.permute(*y_perm).stride(),
-            batch, dim, L, H, W, dim_per_group, n_chunks,
+            batch, dim, L, H, W, dim_per_group, n_chunks, first_direction,
             N=n_state, BLOCK_D=block_d, UNROLL=min(UNROLL, block_l), CHUNK=block_l, SOFTPLUS=softplus,
             STORE_STATES=need_grad, num_warps=FWD_WARPS)
         if need_grad:
@@ -267,7 +269,7 @@ class _ScanFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         u, delta, A, B, C, D, bias, states = ctx.saved_tensors
-        n_dir, H, W, strides, y_shape, y_perm = ctx.layout
+        n_dir, H, W, strides, y_shape, y_perm, first_direction = ctx.layout
         batch, dim, L = y_shape[y_perm[1]], y_shape[y_perm[2]], y_shape[y_perm[3]]
         dim_per_group = dim // B.shape[1]
         n_state = A.shape[-1]
@@ -286,6 +288,7 @@ class _ScanFn(torch.autograd.Function):
             u, delta, A, B, C, D, bias, states, dy, du, ddelta, dA, dB, dC, dD,
             *strides[0], *strides[1], *B.stride(), *C.stride(), *dy.permute(*y_perm).stride(),
             *du.permute(*y_perm).stride(), *dB.stride(), batch, dim, L, H, W, dim_per_group, n_chunks,
+            first_direction,
             N=n_state, BLOCK_D=block_d, BLOCK_L=block_l, SOFTPLUS=ctx.softplus, num_warps=BWD_WARPS)
         dbias = ddelta.permute(*y_perm).sum(dim=(1, 3))  # (K, dim)
         du, ddelta = du.sum(0), ddelta.sum(0)  # directions share u and delta
@@ -313,7 +316,7 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     C4 = C if C.dim() == 4 else C[:, None]
     strides = (u.stride(), delta.stride())
     # y is made as (1, batch, dim, L): the kernels index it as (K, batch, dim, L)
-    layout = (1, 1, L, strides, (1, batch, dim, L), (0, 1, 2, 3))
+    layout = (1, 1, L, strides, (1, batch, dim, L), (0, 1, 2, 3), 0)
     y = _ScanFn.apply(u, delta, A.float()[None], B4, C4, _per_direction(D, 1, dim, u.device),
                       _per_direction(delta_bias, 1, dim, u.device), layout, delta_softplus)[0]
     if z is not None:
@@ -321,7 +324,7 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     return y
 
 
-def grid_scan_triton(u, delta, A, B, C, D, delta_bias, hw, delta_softplus=True):
+def grid_scan_triton(u, delta, A, B, C, D, delta_bias, hw, delta_softplus=True, first_direction=0):
     """``grid_scan`` on the fused Triton kernel: all directions in one launch, no transposed copies."""
     batch, L, dim = u.shape
     n_dir = A.shape[0]
@@ -333,7 +336,7 @@ def grid_scan_triton(u, delta, A, B, C, D, delta_bias, hw, delta_softplus=True):
     C4 = C.unsqueeze(1).transpose(2, 3)
     strides = ((u.stride(0), u.stride(2), u.stride(1)), (delta.stride(0), delta.stride(2), delta.stride(1)))
     # y (K, batch, L, E) is indexed by the kernels as (K, batch, E, L) through permute(0, 1, 3, 2)
-    layout = (n_dir, hw[0], hw[1], strides, (n_dir, batch, L, dim), (0, 1, 3, 2))
+    layout = (n_dir, hw[0], hw[1], strides, (n_dir, batch, L, dim), (0, 1, 3, 2), first_direction)
     return _ScanFn.apply(u, delta, A.float(), B4, C4, _per_direction(D, n_dir, dim, u.device),
                          _per_direction(delta_bias, n_dir, dim, u.device), layout, delta_softplus)
 
