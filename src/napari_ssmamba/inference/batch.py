@@ -176,8 +176,7 @@ def plan_tasks(slides: Sequence[Path], roi_dir: Path | None = None) -> list[Slid
 
 # --- on the workers ------------------------------------------------------------------------------
 
-#: models loaded on this thread: a model is not shared between threads, because SSMamba's
-#: ``lpr_maps`` switches recording on and off in its LPR modules while it runs
+#: the model loaded on this thread (each worker of ``ssmamba predict`` runs one thread)
 _thread_models = threading.local()
 
 

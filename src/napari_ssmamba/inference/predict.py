@@ -135,11 +135,13 @@ class TileClassifier:
         x = (x - self.mean) / self.std
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
         with torch.inference_mode(), autocast:
-            probs = self.model(x).float().softmax(dim=1)
             attention = None
-            if self.attention:
-                lpr = self.model.lpr_maps(x).float().unsqueeze(1)  # (b, 1, h, w)
-                attention = F.adaptive_avg_pool2d(lpr, ATTENTION_SIZE)[:, 0]
+            if self.attention:  # one backbone pass gives both
+                logits, lpr = self.model.forward_with_lpr(x)
+                attention = F.adaptive_avg_pool2d(lpr.float().unsqueeze(1), ATTENTION_SIZE)[:, 0]
+            else:
+                logits = self.model(x)
+            probs = logits.float().softmax(dim=1)
         return probs, attention
 
 
