@@ -127,7 +127,9 @@ def fit(
     train_model = model
     if env.distributed:
         if device.type == "cuda" and not freeze_bn:  # batch-norm statistics over the global batch (CUDA only in torch)
-            torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            from napari_ssmamba.model import convert_sync_batchnorm
+
+            model = convert_sync_batchnorm(model)
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )

@@ -61,3 +61,39 @@ def test_batchnorm_last_normalises_the_channel_axis():
     x = torch.randn(8, 3, 3, 4) * 3 + 2
     y = bn(x)
     torch.testing.assert_close(y.mean(dim=(0, 1, 2)), torch.zeros(4), atol=1e-5, rtol=0)
+
+
+def test_convert_sync_batchnorm_keeps_channels_last_and_state():
+    import torch.nn as nn
+
+    from napari_ssmamba.model import convert_sync_batchnorm, create_model
+    from napari_ssmamba.model.blocks import BatchNormLast, SyncBatchNormLast
+
+    model = create_model("ssmamba_test", num_classes=3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    param_ids = {id(p) for p in model.parameters()}
+    n_last = sum(isinstance(m, BatchNormLast) for m in model.modules())
+    n_plain = sum(type(m) is nn.BatchNorm2d for m in model.modules())
+    assert n_last > 0 and n_plain > 0
+    converted = convert_sync_batchnorm(model)
+    assert sum(isinstance(m, SyncBatchNormLast) for m in converted.modules()) == n_last
+    assert sum(type(m) is nn.SyncBatchNorm for m in converted.modules()) == n_plain
+    assert not any(type(m) in (BatchNormLast, nn.BatchNorm2d) for m in converted.modules())
+    after = converted.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    assert {id(p) for p in converted.parameters()} == param_ids  # an earlier optimizer still trains them
+
+
+@pytest.mark.gpu
+def test_sync_batchnorm_last_matches_batchnorm_last_on_one_gpu():
+    import torch.distributed as dist
+
+    from napari_ssmamba.model.blocks import BatchNormLast, convert_sync_batchnorm
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl", init_method="tcp://127.0.0.1:29561", rank=0, world_size=1)
+    bn = BatchNormLast(8).cuda().train()
+    sync = convert_sync_batchnorm(BatchNormLast(8).cuda().train())
+    x = torch.randn(4, 5, 6, 8, device="cuda")
+    torch.testing.assert_close(sync(x), bn(x))

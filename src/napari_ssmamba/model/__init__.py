@@ -19,6 +19,7 @@ _EXPORTS = {
     "FORMAT_VERSION": "napari_ssmamba.model.checkpoint",
     "SSMamba": "napari_ssmamba.model.ssmamba",
     "checkpoint_filter_fn": "napari_ssmamba.model.ssmamba",
+    "convert_sync_batchnorm": "napari_ssmamba.model.blocks",
 }
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "ModelCard",
     "SSMamba",
     "checkpoint_filter_fn",
+    "convert_sync_batchnorm",
     "create_model",
     "default_checkpoint",
     "list_models",

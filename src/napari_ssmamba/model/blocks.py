@@ -103,6 +103,33 @@ class BatchNormLast(nn.BatchNorm2d):
         return super().forward(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
+class SyncBatchNormLast(nn.SyncBatchNorm):
+    """SyncBatchNorm over the last axis of a channels-last (B, H, W, C) map, for DDP on GPUs."""
+
+    def forward(self, x):
+        return super().forward(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+def convert_sync_batchnorm(module: nn.Module, process_group=None) -> nn.Module:
+    """``nn.SyncBatchNorm.convert_sync_batchnorm`` that keeps :class:`BatchNormLast` channels-last.
+
+    torch's converter turns every BatchNorm into a plain SyncBatchNorm, which would normalise a
+    (B, H, W, C) map over H. Parameters and buffers are the same objects (an optimizer built
+    before the conversion keeps training them) and the state-dict keys are unchanged.
+    """
+    if isinstance(module, BatchNormLast):
+        converted = SyncBatchNormLast(module.num_features, module.eps, module.momentum,
+                                      module.affine, module.track_running_stats, process_group)
+        for name, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+            setattr(converted, name, tensor)
+        return converted.train(module.training)
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, nn.SyncBatchNorm):
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module, process_group)
+    for name, child in module.named_children():
+        module.add_module(name, convert_sync_batchnorm(child, process_group))
+    return module
+
+
 class Stem(nn.Module):
     """Two stride-2 3x3 convolutions and a BatchNorm: (B, 3, H, W) -> (B, H/4, W/4, dim_out).
 
