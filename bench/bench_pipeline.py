@@ -15,7 +15,7 @@ All three run the same model with the same batch size in one process, one after 
     python bench/bench_pipeline.py --slide SLIDE.svs --out results.json          # GPU: ssmamba_base
     python bench/bench_pipeline.py --slide SLIDE.svs --out results.json --cpu    # CPU: ssmamba_tiny, 1 mm²
     xvfb-run -a python bench/bench_pipeline.py ... --gui   # also: click Run -> heatmap drawn in napari
-    python bench/bench_pipeline.py --render bench/results/pipeline_*.json > docs/_bench_pipeline.md
+    python bench/bench_pipeline.py --render bench/results/pipeline_*.json (a markdown table for docs/benchmarks.md)
 """
 
 from __future__ import annotations

@@ -46,7 +46,6 @@ w = widget.run(); wait()
 viewer.reset_view()
 for _ in range(10): app.processEvents(); time.sleep(0.02)
 viewer.screenshot(f"{out}/classify_rois.png", canvas_only=False, flash=False)
-viewer.screenshot(f"{out}/classify.png", canvas_only=False, flash=False)
 # heatmap view: one class heatmap on, labels off
 stem = slide.name
 viewer.layers[f"{stem} [classes]"].visible = False
