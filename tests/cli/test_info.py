@@ -6,15 +6,6 @@ from click.testing import CliRunner
 
 from napari_ssmamba.cli import main
 
-SLIDES = Path(__file__).parents[2] / ".." / "shared" / "data" / "slides"
-
-
-@pytest.fixture(scope="module")
-def slides_dir() -> Path:
-    if not SLIDES.is_dir():
-        pytest.skip(f"test slides not found at {SLIDES.resolve()}")
-    return SLIDES.resolve()
-
 
 def test_info_text(slides_dir):
     result = CliRunner().invoke(main, ["info", str(slides_dir / "CMU-1-Small-Region.svs")])

@@ -1,17 +1,6 @@
-"""Fixtures shared by the widget tests: the real slides and a private settings folder."""
-
-from pathlib import Path
+"""Fixtures shared by the widget tests: a private settings folder."""
 
 import pytest
-
-SLIDES = Path(__file__).parents[2] / ".." / "shared" / "data" / "slides"
-
-
-@pytest.fixture(scope="session")
-def slides_dir() -> Path:
-    if not SLIDES.is_dir():
-        pytest.skip(f"test slides not found at {SLIDES.resolve()}")
-    return SLIDES.resolve()
 
 
 @pytest.fixture(autouse=True)

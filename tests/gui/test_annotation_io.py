@@ -10,20 +10,12 @@ from napari_ssmamba.annotations import read_geojson
 from napari_ssmamba.errors import AnnotationError
 from napari_ssmamba.gui.annotation_io import get_geojson_reader, read_geojson_layers, write_geojson
 
-ANNOTATIONS = Path(__file__).parents[2] / ".." / "shared" / "data" / "annotations"
 REAL_FILES = [
     "03012023_JN.geojson",
     "polygon.geojson",
     "qupath-demo-project/Single_cells.geojson",
     "qupath-demo-project/TD_01_verysmall_mIF.geojson",
 ]
-
-
-@pytest.fixture(scope="module")
-def annotations_dir() -> Path:
-    if not ANNOTATIONS.is_dir():
-        pytest.skip(f"test data not found at {ANNOTATIONS.resolve()}")
-    return ANNOTATIONS.resolve()
 
 
 def assert_files_equal(original: Path, written: Path):

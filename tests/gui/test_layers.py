@@ -1,5 +1,4 @@
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,15 +11,6 @@ from napari_ssmamba.gui.layers import (
     annotations_to_layer_data,
     layer_to_annotations,
 )
-
-ANNOTATIONS = Path(__file__).parents[2] / ".." / "shared" / "data" / "annotations"
-
-
-@pytest.fixture(scope="module")
-def annotations_dir() -> Path:
-    if not ANNOTATIONS.is_dir():
-        pytest.skip(f"test data not found at {ANNOTATIONS.resolve()}")
-    return ANNOTATIONS.resolve()
 
 
 def to_layers(annotations, **kwargs):

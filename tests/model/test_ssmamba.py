@@ -94,10 +94,10 @@ def test_forward_masked_replaces_tokens_with_the_mask_token():
         model.forward_masked(x, torch.zeros(2, 3, 3, dtype=torch.bool))
 
 
-def test_lpr_maps_on_a_real_patch(shared_data):
+def test_lpr_maps_on_a_real_patch(data_dir):
     import tifffile
 
-    image = tifffile.imread(shared_data / "patches" / "nct-crc-he-100k" / "LYM-AATTSRNN.tif")
+    image = tifffile.imread(data_dir / "patches" / "nct-crc-he-100k" / "LYM-AATTSRNN.tif")
     x = torch.from_numpy(np.ascontiguousarray(image[..., :3])).permute(2, 0, 1)[None].float() / 255
     model = create_model("ssmamba_test").eval()
     maps = model.lpr_maps(x)

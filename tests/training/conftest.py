@@ -1,15 +1,4 @@
-from pathlib import Path
-
 import pytest
-
-DATA = Path(__file__).parents[2] / ".." / "shared" / "data"
-
-
-@pytest.fixture(scope="session")
-def data_dir() -> Path:
-    if not DATA.is_dir():
-        pytest.skip(f"shared test data not found at {DATA}")
-    return DATA.resolve()
 
 
 @pytest.fixture(scope="session")
