@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .augment import HEAugment
+
 
 @dataclass
 class DataConfig:
@@ -30,20 +32,6 @@ class DataConfig:
     mpps: list[float] = field(default_factory=lambda: [0.5])
     val_fraction: float = 0.2
     split_by: str = "group"
-
-
-@dataclass
-class AugmentConfig:
-    """See :class:`napari_ssmamba.training.augment.HEAugment`."""
-
-    flip: bool = True
-    rotate90: bool = True
-    hed_scale: float = 0.05
-    hed_shift: float = 0.02
-    brightness: float = 0.1
-    contrast: float = 0.1
-    saturation: float = 0.1
-    blur_prob: float = 0.1
 
 
 @dataclass
@@ -93,7 +81,7 @@ class FinetuneConfig(RunConfig):
     balanced: bool = True
     patience: int | None = 5
     monitor: str = "val_balanced_accuracy"
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    augment: HEAugment | None = field(default_factory=HEAugment)
     class_colors: dict[str, list[int]] = field(default_factory=dict)
     drop_path_rate: float | None = None
     freeze_stages: int = 0

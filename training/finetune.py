@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -187,12 +186,7 @@ def finetune(
     torch.manual_seed(config.seed)
     model = build_classifier(config, len(class_names))
     cfg = model.pretrained_cfg
-    augment = None
-    if config.augment is not None:
-        from .augment import HEAugment
-
-        augment = HEAugment(**asdict(config.augment))
-    train_set = TileDataset(train_tiles, mean=cfg["mean"], std=cfg["std"], augment=augment)
+    train_set = TileDataset(train_tiles, mean=cfg["mean"], std=cfg["std"], augment=config.augment)
     val_set = None if val_tiles is None or not len(val_tiles) else TileDataset(val_tiles, mean=cfg["mean"], std=cfg["std"])
     net = model
     if config.freeze_stages:
