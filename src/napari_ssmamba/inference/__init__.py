@@ -6,7 +6,7 @@ that ``import napari_ssmamba.inference`` stays cheap.
 
 from __future__ import annotations
 
-import importlib
+from napari_ssmamba._lazy import lazy_getattr
 
 _EXPORTS = {
     "classify_slide": "classify",
@@ -51,8 +51,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
-    return getattr(module, name)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

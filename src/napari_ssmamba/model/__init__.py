@@ -5,21 +5,21 @@ Importing this package is cheap; torch loads on first use of a name below.
 
 from __future__ import annotations
 
-import importlib
+from napari_ssmamba._lazy import lazy_getattr
 
 _EXPORTS = {
-    "create_model": "napari_ssmamba.model.registry",
-    "list_models": "napari_ssmamba.model.registry",
-    "register_model": "napari_ssmamba.model.registry",
-    "ModelCard": "napari_ssmamba.model.checkpoint",
-    "save_checkpoint": "napari_ssmamba.model.checkpoint",
-    "load_checkpoint": "napari_ssmamba.model.checkpoint",
-    "read_card": "napari_ssmamba.model.checkpoint",
-    "default_checkpoint": "napari_ssmamba.model.checkpoint",
-    "FORMAT_VERSION": "napari_ssmamba.model.checkpoint",
-    "SSMamba": "napari_ssmamba.model.ssmamba",
-    "checkpoint_filter_fn": "napari_ssmamba.model.ssmamba",
-    "convert_sync_batchnorm": "napari_ssmamba.model.blocks",
+    "create_model": "registry",
+    "list_models": "registry",
+    "register_model": "registry",
+    "ModelCard": "checkpoint",
+    "save_checkpoint": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    "read_card": "checkpoint",
+    "default_checkpoint": "checkpoint",
+    "FORMAT_VERSION": "checkpoint",
+    "SSMamba": "ssmamba",
+    "checkpoint_filter_fn": "ssmamba",
+    "convert_sync_batchnorm": "blocks",
 }
 
 __all__ = [
@@ -38,7 +38,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

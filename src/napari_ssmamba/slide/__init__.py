@@ -4,6 +4,7 @@
 dask are imported when a slide is opened.
 """
 
+from napari_ssmamba._lazy import lazy_getattr
 from napari_ssmamba.errors import SlideError
 from napari_ssmamba.slide.factory import open_slide
 from napari_ssmamba.slide.properties import (
@@ -33,14 +34,5 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    # the backend classes import their modules on first use
-    if name == "OpenSlideSlide":
-        from napari_ssmamba.slide.openslide_slide import OpenSlideSlide
-
-        return OpenSlideSlide
-    if name == "TiffSlide":
-        from napari_ssmamba.slide.tiff_slide import TiffSlide
-
-        return TiffSlide
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# the backend classes import their modules on first use
+__getattr__ = lazy_getattr(__name__, {"OpenSlideSlide": "openslide_slide", "TiffSlide": "tiff_slide"})
