@@ -78,3 +78,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("gpu"):
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def small_checkpoint(small_model, tmp_path_factory) -> Path:
+    """``small_model`` saved as a checkpoint (model.safetensors + model.json)."""
+    from napari_ssmamba.model import save_checkpoint
+
+    model, card = small_model
+    return save_checkpoint(model, card, tmp_path_factory.mktemp("model") / "model.safetensors")

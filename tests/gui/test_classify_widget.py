@@ -6,26 +6,6 @@ import numpy as np
 import pytest
 
 
-@pytest.fixture(scope="module")
-def small_checkpoint(tmp_path_factory):
-    """An untrained ssmamba_test on 64 px tiles at 2 µm/px, saved as a checkpoint."""
-    import torch
-
-    from napari_ssmamba.model import ModelCard, create_model, save_checkpoint
-
-    torch.manual_seed(0)
-    model = create_model("ssmamba_test", num_classes=3)
-    card = ModelCard(
-        arch="ssmamba_test",
-        class_names=["Tumor", "Stroma", "Other"],
-        class_colors=[(220, 20, 20), (20, 160, 20), (30, 30, 220)],
-        tile_size=64,
-        mpp=2.0,
-        untrained=True,
-    )
-    return save_checkpoint(model, card, tmp_path_factory.mktemp("model") / "model.safetensors")
-
-
 @pytest.fixture
 def viewer_with_sample(make_napari_viewer):
     viewer = make_napari_viewer(show=True)

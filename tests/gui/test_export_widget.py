@@ -8,25 +8,12 @@ import shapely
 
 
 @pytest.fixture(scope="module")
-def roi_result():
-    import torch
-
-    from napari_ssmamba.gui.sample_data import sample_slide_path
+def roi_result(small_model, sample_slide_path):
     from napari_ssmamba.inference import classify_slide
-    from napari_ssmamba.model import ModelCard, create_model
     from napari_ssmamba.slide import open_slide
 
-    torch.manual_seed(0)
-    model = create_model("ssmamba_test", num_classes=2)
-    card = ModelCard(
-        arch="ssmamba_test",
-        class_names=["Tumor", "Stroma"],
-        class_colors=[(220, 20, 20), (20, 160, 20)],
-        tile_size=64,
-        mpp=2.0,
-        untrained=True,
-    )
-    slide = open_slide(sample_slide_path())
+    model, card = small_model
+    slide = open_slide(sample_slide_path)
     return slide, classify_slide(
         slide, model, card, rois=[shapely.box(700, 700, 1500, 1500)], device="cpu", attention=False
     )
