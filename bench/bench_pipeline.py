@@ -2,13 +2,19 @@
 
 For an ROI (default 2 mm x 2 mm, centred on the tissue) and, optionally, the whole slide:
 
-- pipeline:   ``classify_slide`` end to end (reader threads, pinned memory, device normalisation);
-              tiles/s over its prediction phase, and over the whole call (tissue mask, tiling, maps);
-- model only: the same model on the same tiles, read into memory beforehand (the ceiling);
+- pipeline:   ``classify_slide`` end to end; tiles/s over its prediction phase (reading, decoding,
+              normalising and the model, overlapped), and over the whole call (tissue mask, tiling,
+              maps). On CUDA twice: tiles decoded by nvJPEG on the GPU (``decoder="auto"``, the
+              default) and by the CPU reader threads (``decoder="cpu"``);
+- model only: the same model on the same tiles, read beforehand: from pinned host memory (what the
+              pipeline replaces) and, on CUDA, already on the GPU (the strict ceiling);
 - baseline:   ``openslide.read_region`` + PIL resize in a ``torch.utils.data.DataLoader``, CPU
               normalisation, then the same model;
+- click to result (CUDA): what the Classify widget's worker does after Run, without napari: load
+              the checkpoint, classify the ROI with LPR attention maps;
 - with --gui: seconds from clicking Run in the Classify widget to the class map on the canvas
-              (the widget also computes the LPR attention map).
+              (the widget also computes the LPR attention map), split into the worker's part and
+              napari's (adding the layers and drawing them).
 
 All three run the same model with the same batch size in one process, one after the other.
 
@@ -55,7 +61,7 @@ def roi_around_tissue(slide, side_mm: float):
     return shapely.box(x0, y0, min(x0 + side_x, width), min(y0 + side_y, height))
 
 
-def time_pipeline(slide, model, card, rois, device, batch_size, attention):
+def time_pipeline(slide, model, card, rois, device, batch_size, attention, decoder="auto"):
     from napari_ssmamba.inference import classify_slide
 
     _sync(device)
@@ -68,14 +74,15 @@ def time_pipeline(slide, model, card, rois, device, batch_size, attention):
         device=str(device),
         batch_size=batch_size,
         attention=attention,
+        decoder=decoder,
     )
     _sync(device)
     total = time.perf_counter() - start
     return result, total
 
 
-def time_model_only(slide, model, card, result, device, batch_size, attention):
-    """The model on the result's tiles, read into (pinned) memory first."""
+def time_model_only(slide, model, card, result, device, batch_size, attention, on_device=False):
+    """The model on the result's tiles, read first into (pinned) host memory or onto the device."""
     import torch
 
     from napari_ssmamba.inference.predict import SlideTileReader, TileClassifier
@@ -83,7 +90,7 @@ def time_model_only(slide, model, card, result, device, batch_size, attention):
     reader = SlideTileReader(slide, result.geometry)
     tiles = torch.from_numpy(np.stack([reader(box) for box in result.tile_boxes_l0]))
     if device.type == "cuda":
-        tiles = tiles.pin_memory()
+        tiles = tiles.to(device) if on_device else tiles.pin_memory()
     classify = TileClassifier(model, card, device, attention=attention)
     _sync(device)
     start = time.perf_counter()
@@ -91,6 +98,57 @@ def time_model_only(slide, model, card, result, device, batch_size, attention):
         classify(tiles[i : i + batch_size])
     _sync(device)
     return time.perf_counter() - start
+
+
+def time_reader_only(slide, result, device, batch_size, decoder):
+    """The pipeline's tile reader alone (no model) over the result's tiles: decoding headroom."""
+    import torch
+
+    from napari_ssmamba.inference.jpeg_batches import JpegBatchReader, tile_reader_for
+
+    reader = tile_reader_for(slide, result.geometry, device, decoder)
+    boxes = result.tile_boxes_l0
+    _sync(device)
+    start = time.perf_counter()
+    for i in range(0, len(boxes), batch_size):
+        if isinstance(reader, JpegBatchReader):
+            reader(boxes[i : i + batch_size])
+        else:
+            torch.from_numpy(np.stack([reader(box) for box in boxes[i : i + batch_size]]))
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def decoder_differences(slide_paths, device, tiles=24, seed=0) -> dict:
+    """Per slide and nvJPEG decoder: |nvJPEG - slide reader| over JPEG tiles of the model's level."""
+    from napari_ssmamba.inference.jpeg_batches import JpegBatchReader
+    from napari_ssmamba.inference.tiling import tile_geometry
+    from napari_ssmamba.slide import open_slide
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for path in slide_paths:
+        with open_slide(path) as slide:
+            geometry = tile_geometry(slide.mpp, slide.level_downsamples, 224, 0.5)
+            jpeg = slide.jpeg_tiles(geometry.level)
+            if jpeg is None:
+                continue
+            rows, cols = np.nonzero(jpeg.stored)
+            pick = rng.choice(len(rows), min(tiles, len(rows)), replace=False)
+            entry = {"level": geometry.level, "colorspace": jpeg.colorspace}
+            try:
+                reader = JpegBatchReader(slide, geometry, device)
+            except ValueError as error:
+                entry["nvjpeg"] = str(error)
+            else:
+                means = [reader.check(int(rows[i]), int(cols[i])) for i in pick]
+                entry["nvjpeg"] = {
+                    "check_tile": reader.check(),
+                    "mean_over_tiles": float(np.mean(means)),
+                    "max_tile_mean": float(np.max(means)),
+                }
+            out[Path(path).name] = entry
+    return out
 
 
 class _OpenSlideTiles:
@@ -143,6 +201,32 @@ def time_baseline(slide_path, model, card, result, device, batch_size, num_worke
     return time.perf_counter() - start
 
 
+def time_click_to_result(slide_path, checkpoint, roi, device) -> dict:
+    """What the Classify widget's worker does after Run, without napari (see ``time_gui``)."""
+    from napari_ssmamba.inference import ClassificationCache, classify_slide
+    from napari_ssmamba.model import load_checkpoint
+    from napari_ssmamba.slide import open_slide
+
+    with open_slide(slide_path) as slide:  # the viewer has the slide open already
+        _sync(device)
+        start = time.perf_counter()
+        model, card = load_checkpoint(checkpoint, device="cpu")
+        loaded = time.perf_counter()
+        result = classify_slide(
+            slide, model, card, rois=[roi], device=str(device), cache=ClassificationCache()
+        )
+        _sync(device)
+        end = time.perf_counter()
+    return {
+        "click_to_result_s": end - start,
+        "load_checkpoint_s": loaded - start,
+        "classify_s": end - loaded,
+        "tiles": result.n_tiles,
+        "tile_decoder": result.parameters["tile_decoder"],
+        "timings_s": result.timings,
+    }
+
+
 def time_gui(slide_path, model, card, roi, device) -> dict:
     """Seconds from clicking Run in the Classify widget to the class map drawn on the canvas.
 
@@ -176,6 +260,14 @@ def time_gui(slide_path, model, card, roi, device) -> dict:
         widget.model_combo.setCurrentText("Checkpoint file")
         widget.model_path.setText(str(checkpoint))
         widget.device_combo.setCurrentText("cuda" if device.type == "cuda" else "cpu")
+        shown = {}
+        show_result = widget._show_result
+
+        def timed_show_result(result):
+            shown["returned"] = time.perf_counter()
+            show_result(result)
+
+        widget._show_result = timed_show_result
         app = QApplication.instance()
         app.processEvents()
         start = time.perf_counter()
@@ -184,55 +276,96 @@ def time_gui(slide_path, model, card, roi, device) -> dict:
             app.processEvents()
             time.sleep(0.005)
         viewer.screenshot(canvas_only=True, flash=False)  # forces the canvas to draw the layers
-        seconds = time.perf_counter() - start
+        end = time.perf_counter()
         tiles = widget.result.n_tiles
         viewer.close()
-    return {"click_to_heatmap_s": seconds, "tiles": tiles}
+    return {
+        "click_to_heatmap_s": end - start,
+        "worker_s": shown["returned"] - start,
+        "layers_and_draw_s": end - shown["returned"],
+        "tiles": tiles,
+    }
 
 
 def run_case(
     name, slide, slide_path, model, card, rois, device, batch_size, attention, workers, repeats
 ):
-    """Time the three ways ``repeats`` times, interleaved, and keep each one's best time."""
-    best = {"predict": np.inf, "end_to_end": np.inf, "model_only": np.inf, "baseline": np.inf}
+    """Time each way ``repeats`` times, interleaved, and keep each one's best time."""
+    ways = ["pipeline", "model_only", "baseline"]
+    if device.type == "cuda":
+        ways[1:1] = ["pipeline_cpu_decode", "model_only_on_device", "nvjpeg_reader_only"]
+    best = {way: np.inf for way in ways}
+    best_total = {way: np.inf for way in ways if way.startswith("pipeline")}
+    decoders, timings = {}, {}
     for repeat in range(repeats):
-        print(f"[{name}] round {repeat + 1}/{repeats}: pipeline ...", file=sys.stderr, flush=True)
-        result, total = time_pipeline(slide, model, card, rois, device, batch_size, attention)
-        best["predict"] = min(best["predict"], result.timings["predict_s"])
-        best["end_to_end"] = min(best["end_to_end"], total)
-        print(f"[{name}] {result.n_tiles} tiles; model only ...", file=sys.stderr, flush=True)
-        model_s = time_model_only(slide, model, card, result, device, batch_size, attention)
-        best["model_only"] = min(best["model_only"], model_s)
-        print(f"[{name}] baseline ...", file=sys.stderr, flush=True)
-        baseline_s = time_baseline(slide_path, model, card, result, device, batch_size, workers)
-        best["baseline"] = min(best["baseline"], baseline_s)
+        for way in ways:
+            print(f"[{name}] round {repeat + 1}/{repeats}: {way} ...", file=sys.stderr, flush=True)
+            if way.startswith("pipeline"):
+                decoder = "cpu" if way == "pipeline_cpu_decode" else "auto"
+                result, total = time_pipeline(
+                    slide, model, card, rois, device, batch_size, attention, decoder
+                )
+                best[way] = min(best[way], result.timings["predict_s"])
+                best_total[way] = min(best_total[way], total)
+                decoders[way] = result.parameters["tile_decoder"]
+                if way == "pipeline":
+                    timings = result.timings
+            elif way == "nvjpeg_reader_only":
+                seconds = time_reader_only(slide, result, device, batch_size, "nvjpeg")
+                best[way] = min(best[way], seconds)
+            elif way.startswith("model_only"):
+                seconds = time_model_only(
+                    slide,
+                    model,
+                    card,
+                    result,
+                    device,
+                    batch_size,
+                    attention,
+                    on_device=way == "model_only_on_device",
+                )
+                best[way] = min(best[way], seconds)
+            else:
+                seconds = time_baseline(
+                    slide_path, model, card, result, device, batch_size, workers
+                )
+                best[way] = min(best[way], seconds)
     n = result.n_tiles
-    predict_s, total, model_s, baseline_s = (
-        best["predict"],
-        best["end_to_end"],
-        best["model_only"],
-        best["baseline"],
-    )
     case = {
         "tiles": n,
         "background_tiles": result.n_background_tiles,
-        "pipeline_tiles_per_s": n / predict_s,
-        "pipeline_end_to_end_tiles_per_s": n / total,
-        "model_only_tiles_per_s": n / model_s,
-        "baseline_tiles_per_s": n / baseline_s,
-        "pipeline_vs_model_only": model_s / predict_s,
-        "pipeline_vs_baseline": baseline_s / predict_s,
-        "timings_s": {
-            **result.timings,
-            "best_predict": predict_s,
-            "end_to_end": total,
-            "model_only": model_s,
-            "baseline": baseline_s,
-        },
-        "repeats": repeats,
-        "batch_size": result.parameters["batch_size"],
-        "level": result.geometry.level,
+        "tile_decoder": decoders,
+        "pipeline_tiles_per_s": n / best["pipeline"],
+        "pipeline_end_to_end_tiles_per_s": n / best_total["pipeline"],
+        "model_only_tiles_per_s": n / best["model_only"],
+        "baseline_tiles_per_s": n / best["baseline"],
+        "pipeline_vs_model_only": best["model_only"] / best["pipeline"],
+        "pipeline_vs_baseline": best["baseline"] / best["pipeline"],
     }
+    if device.type == "cuda":
+        case.update(
+            {
+                "pipeline_cpu_decode_tiles_per_s": n / best["pipeline_cpu_decode"],
+                "model_only_on_device_tiles_per_s": n / best["model_only_on_device"],
+                "pipeline_vs_model_only_on_device": best["model_only_on_device"] / best["pipeline"],
+                "pipeline_cpu_decode_vs_model_only": best["model_only"]
+                / best["pipeline_cpu_decode"],
+                "nvjpeg_vs_cpu_decode": best["pipeline_cpu_decode"] / best["pipeline"],
+                "nvjpeg_reader_only_tiles_per_s": n / best["nvjpeg_reader_only"],
+            }
+        )
+    case.update(
+        {
+            "timings_s": {
+                **timings,
+                **{f"best_{way}": seconds for way, seconds in best.items()},
+                **{f"best_{way}_end_to_end": seconds for way, seconds in best_total.items()},
+            },
+            "repeats": repeats,
+            "batch_size": result.parameters["batch_size"],
+            "level": result.geometry.level,
+        }
+    )
     print(
         f"[{name}] {json.dumps({k: v for k, v in case.items() if k != 'timings_s'})}",
         file=sys.stderr,
@@ -352,6 +485,10 @@ def main(argv=None) -> int:
         "environment": environment(device),
         "cases": {},
     }
+    if device.type == "cuda":
+        sample = Path(__file__).parents[1] / "src/napari_ssmamba/data/CMU-1-Small-Region.svs"
+        results["decoder_differences"] = decoder_differences([args.slide, sample], device)
+        print(json.dumps(results["decoder_differences"]), file=sys.stderr, flush=True)
     with open_slide(args.slide) as slide:
         results["slide_dimensions_wh"] = list(slide.dimensions)
         results["slide_mpp_yx"] = list(slide.mpp)
@@ -378,6 +515,17 @@ def main(argv=None) -> int:
         if args.gui:
             print(f"[{label}] napari Run to heatmap ...", file=sys.stderr, flush=True)
             results["cases"][label]["gui"] = time_gui(args.slide, model, card, roi, device)
+        if device.type == "cuda":
+            import tempfile
+
+            from napari_ssmamba.model import save_checkpoint
+
+            print(f"[{label}] click to result ...", file=sys.stderr, flush=True)
+            with tempfile.TemporaryDirectory() as tmp:
+                checkpoint = save_checkpoint(model, card, Path(tmp) / "model.safetensors")
+                results["cases"][label]["click_to_result"] = [
+                    time_click_to_result(args.slide, checkpoint, roi, device) for _ in range(2)
+                ]
         if whole:
             results["cases"]["whole_slide"] = run_case(
                 "whole_slide",
@@ -400,28 +548,39 @@ def main(argv=None) -> int:
 
 def _gui_seconds(case: dict) -> str:
     gui = case.get("gui")
-    return f"{gui['click_to_heatmap_s']:.1f}" if gui else "-"
+    if gui:
+        return f"{gui['click_to_heatmap_s']:.1f}"
+    clicks = case.get("click_to_result")
+    return f"{clicks[-1]['click_to_result_s']:.2f} (worker)" if clicks else "-"
 
 
 def render_markdown(runs: list[dict]) -> str:
     lines = [
         (
-            "| device | model | case | tiles | pipeline tiles/s | model-only tiles/s "
-            "| pipeline / model-only | baseline tiles/s | pipeline / baseline "
-            "| napari Run to heatmap (s) |"
+            "| device | model | case | tiles | decoder | pipeline tiles/s | model-only tiles/s "
+            "(host / on GPU) | pipeline / model-only (host / on GPU) | CPU-decode pipeline "
+            "tiles/s | baseline tiles/s | pipeline / baseline | Run to heatmap (s) |"
         ),
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for run in runs:
         env = run["environment"]
         device = env.get("gpu") or f"CPU ({env['torch_threads']} threads)"
         for name, case in run["cases"].items():
+            decoder = case.get("tile_decoder", {}).get("pipeline", "cpu")
+            on_device = case.get("model_only_on_device_tiles_per_s")
+            model_only = f"{case['model_only_tiles_per_s']:.4g}"
+            ratio = f"{case['pipeline_vs_model_only']:.0%}"
+            if on_device:
+                model_only += f" / {on_device:.4g}"
+                ratio += f" / {case['pipeline_vs_model_only_on_device']:.0%}"
+            cpu_decode = case.get("pipeline_cpu_decode_tiles_per_s")
             lines.append(
-                f"| {device} | {run['arch']} | {name} | {case['tiles']} "
-                f"| {case['pipeline_tiles_per_s']:.3g} | {case['model_only_tiles_per_s']:.3g} "
-                f"| {case['pipeline_vs_model_only']:.0%} | {case['baseline_tiles_per_s']:.3g} "
-                f"| {case['pipeline_vs_baseline']:.2f}x "
-                f"| {_gui_seconds(case)} |"
+                f"| {device} | {run['arch']} | {name} | {case['tiles']} | {decoder} "
+                f"| {case['pipeline_tiles_per_s']:.4g} | {model_only} | {ratio} "
+                f"| {f'{cpu_decode:.4g}' if cpu_decode else '-'} "
+                f"| {case['baseline_tiles_per_s']:.4g} "
+                f"| {case['pipeline_vs_baseline']:.2f}x | {_gui_seconds(case)} |"
             )
     return "\n".join(lines)
 

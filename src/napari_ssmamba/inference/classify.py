@@ -87,14 +87,18 @@ def classify_slide(
     min_roi_fraction: float = MIN_ROI_FRACTION,
     min_tissue_fraction: float = MIN_TISSUE_FRACTION,
     cache: ClassificationCache | None = None,
+    decoder: str = "auto",
 ) -> ClassificationResult:
     """Classify ``rois`` (Annotations or shapely geometries in level-0 px; None: the whole tissue).
 
     ``stride`` is in model pixels (default: the tile size, no overlap). ``progress`` and ``cancel``
     follow :mod:`napari_ssmamba.progress`. With a ``cache``, ROIs seen before with the same model and
-    parameters are not predicted again.
+    parameters are not predicted again. ``decoder`` picks how tiles are decoded: "auto" (nvJPEG on
+    CUDA where the slide allows, else the CPU), "cpu" or "nvjpeg" (see
+    :func:`~napari_ssmamba.inference.jpeg_batches.tile_reader_for`).
     """
-    from napari_ssmamba.inference.predict import SlideTileReader, predict_tiles
+    from napari_ssmamba.inference.jpeg_batches import JpegBatchReader, tile_reader_for
+    from napari_ssmamba.inference.predict import predict_tiles, resolve_device
     from napari_ssmamba.inference.tissue import detect_tissue
 
     progress = progress or no_progress
@@ -140,8 +144,11 @@ def classify_slide(
         min_tissue_fraction=min_tissue_fraction,
     )
     t_predict = time.perf_counter()
+    torch_device = resolve_device(device)
+    reader = tile_reader_for(slide, geometry, torch_device, decoder) if len(plan.boxes_l0) else None
+    batched = isinstance(reader, JpegBatchReader)
     predictions = predict_tiles(
-        SlideTileReader(slide, geometry),
+        reader,
         plan.boxes_l0,
         model,
         card,
@@ -150,6 +157,7 @@ def classify_slide(
         attention=attention,
         progress=progress,
         cancel=cancel,
+        batched=batched,
     )
     timings["predict_s"] = time.perf_counter() - t_predict
     new_tiles = _split_by_roi(plan, predictions)
@@ -187,6 +195,7 @@ def classify_slide(
         "min_tissue_fraction": min_tissue_fraction,
         "device": str(device),
         "batch_size": predictions.batch_size,
+        "tile_decoder": "nvjpeg" if batched else "cpu",
         "rois": "whole tissue" if whole_tissue else len(roi_list),
         "rois_predicted": len(todo) if not whole_tissue else 1,
     }

@@ -1,7 +1,9 @@
 """Batched prediction over tile boxes: reader threads, pinned memory, normalisation on the device.
 
 Reading and resampling run in a thread pool (OpenSlide and PIL release the GIL); a batching thread
-stacks the tiles into uint8 batches (in pinned memory on CUDA) two batches ahead of the model.
+stacks the tiles into uint8 batches (in pinned memory on CUDA) two batches ahead of the model. On
+CUDA, slides stored as JPEG tiles are instead decoded in batches on the GPU
+(:mod:`~napari_ssmamba.inference.jpeg_batches`), on a stream of their own, also two batches ahead.
 Tiles are converted and normalised on the device, and results stay there until the end, so the
 GPU is fed without waiting for copies back.
 On CUDA the model runs under bf16 autocast. A ``torch.cuda.OutOfMemoryError`` halves the batch size
@@ -173,16 +175,38 @@ def run_batches(classify: Callable, tiles, batch_size: int):
     return torch.cat(probs), torch.cat(attention) if attention else None, batch_size
 
 
-class _BatchReader:
-    """A thread that reads tiles (through a pool of reader threads) into uint8 batches.
+_reader_streams = {}
 
-    Batches are stacked straight into pinned memory on CUDA and queued ``depth`` ahead of the model.
+
+def _reader_stream(device):
+    """One CUDA stream per device for making batches: the allocator reuses memory per stream."""
+    import torch
+
+    if device not in _reader_streams:
+        _reader_streams[device] = torch.cuda.Stream(device)
+    return _reader_streams[device]
+
+
+class _BatchReader:
+    """A thread that makes the batches of tiles, queued ``depth`` ahead of the model.
+
+    ``read_tile`` is either a per-box reader (its tiles are read by a pool of ``num_readers``
+    threads and stacked into pinned memory when ``pin``) or a batch reader such as
+    :class:`~napari_ssmamba.inference.jpeg_batches.JpegBatchReader` (``batched=True``) whose
+    batches are made on the CUDA device, on a stream of their own.
     """
 
-    def __init__(self, read_tile, boxes_l0, batch_size, num_readers, pin, depth=2):
+    def __init__(self, read_tile, boxes_l0, batch_size, num_readers, pin, device, batched, depth=2):
+        import torch
+
         self._read_tile, self._boxes = read_tile, boxes_l0
-        self._batch_size, self._pin = batch_size, pin
-        self._pool = ThreadPoolExecutor(max_workers=num_readers, thread_name_prefix="tile-reader")
+        self._batch_size, self._pin, self._batched = batch_size, pin, batched
+        self._stream = _reader_stream(device) if batched and device.type == "cuda" else None
+        self._pool = (
+            None
+            if batched
+            else ThreadPoolExecutor(max_workers=num_readers, thread_name_prefix="tile-reader")
+        )
         self._queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tile-batcher", daemon=True)
@@ -197,19 +221,33 @@ class _BatchReader:
                 continue
         return False
 
-    def _run(self) -> None:
+    def _make_batch(self, boxes):
         import torch
 
+        if self._stream is not None:
+            with torch.cuda.stream(self._stream):
+                batch = self._read_tile(boxes)
+                ready = torch.cuda.Event()
+                ready.record(self._stream)
+            return batch, ready
+        if self._batched:
+            return self._read_tile(boxes), None
+        tiles = list(self._pool.map(self._read_tile, boxes))
+        batch = torch.empty((len(tiles), *tiles[0].shape), dtype=torch.uint8, pin_memory=self._pin)
+        np.stack(tiles, out=batch.numpy())
+        return batch, None
+
+    def _run(self) -> None:
         try:
-            for start in range(0, len(self._boxes), self._batch_size):
-                boxes = self._boxes[start : start + self._batch_size]
-                tiles = list(self._pool.map(self._read_tile, boxes))
+            # batches made on the device start with a quarter batch, so that the model starts
+            # sooner and the next batch is decoded while it runs
+            size = max(self._batch_size // 4, 1) if self._batched else self._batch_size
+            start = 0
+            while start < len(self._boxes):
                 if self._stop.is_set():
                     return
-                batch = torch.empty(
-                    (len(tiles), *tiles[0].shape), dtype=torch.uint8, pin_memory=self._pin
-                )
-                np.stack(tiles, out=batch.numpy())
+                batch = self._make_batch(self._boxes[start : start + size])
+                start, size = start + size, self._batch_size
                 if not self._put(batch):
                     return
             self._put(None)
@@ -217,18 +255,26 @@ class _BatchReader:
             self._put(error)
 
     def __iter__(self):
+        import torch
+
         while True:
             item = self._queue.get()
             if item is None:
                 return
             if isinstance(item, BaseException):
                 raise item
-            yield item
+            batch, ready = item
+            if ready is not None:  # made on the reader's stream: wait for it, keep its memory
+                current = torch.cuda.current_stream(batch.device)
+                current.wait_event(ready)
+                batch.record_stream(current)
+            yield batch
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join()
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def predict_tiles(
@@ -242,11 +288,14 @@ def predict_tiles(
     num_readers: int | None = None,
     progress=None,
     cancel=None,
+    batched: bool = False,
 ) -> TilePredictions:
     """Class probabilities (and LPR attention maps) for every box, in the order given.
 
     ``read_tile(box)`` returns the (tile_size, tile_size, 3) uint8 tile of a level-0 box, e.g. a
-    :class:`SlideTileReader`. ``progress(done, total, message)`` is called after each batch and
+    :class:`SlideTileReader`; with ``batched=True``, ``read_tile(boxes)`` returns the batch of
+    tiles of those boxes as a uint8 tensor, e.g. a
+    :class:`~napari_ssmamba.inference.jpeg_batches.JpegBatchReader`. ``progress(done, total, message)`` is called after each batch and
     ``cancel`` (a ``threading.Event``) is checked between batches; a cancelled run raises
     :class:`~napari_ssmamba.errors.CancelledError`.
     """
@@ -266,7 +315,15 @@ def predict_tiles(
             batch_size,
         )
     num_readers = num_readers or min(16, os.cpu_count() or 1)
-    reader = _BatchReader(read_tile, boxes_l0, batch_size, num_readers, torch_device.type == "cuda")
+    reader = _BatchReader(
+        read_tile,
+        boxes_l0,
+        batch_size,
+        num_readers,
+        pin=torch_device.type == "cuda",
+        device=torch_device,
+        batched=batched,
+    )
     probs, maps = [], []
     done = 0
     progress(0, n, "Classifying tiles")

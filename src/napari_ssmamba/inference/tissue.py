@@ -53,18 +53,21 @@ class TissueMask:
 
 def stain_score(rgb: np.ndarray) -> np.ndarray:
     """``max(saturation, darkness)`` of an (h, w, 3) uint8 image, as float32 in [0, 1]."""
-    rgb = np.asarray(rgb)[..., :3].astype(np.float32)
-    cmax = rgb.max(axis=-1)
-    cmin = rgb.min(axis=-1)
-    saturation = np.where(cmax > 0, (cmax - cmin) / np.maximum(cmax, 1e-6), 0.0)
-    darkness = 1.0 - rgb.mean(axis=-1) / 255.0
-    return np.maximum(saturation, darkness).astype(np.float32)
+    rgb = np.asarray(rgb)
+    # channel by channel: numpy reduces a trailing axis of 3 slowly
+    r, g, b = (rgb[..., i].astype(np.float32) for i in range(3))
+    cmax = np.maximum(np.maximum(r, g), b)
+    cmin = np.minimum(np.minimum(r, g), b)
+    saturation = (cmax - cmin) / np.maximum(cmax, 1e-6)  # 0 where cmax == 0
+    darkness = 1.0 - (r + g + b) / (3 * 255.0)
+    return np.maximum(saturation, darkness, out=saturation)
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     """Otsu's threshold of values in [0, 1]."""
-    hist, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
-    hist = hist.astype(np.float64)
+    index = np.clip((np.ravel(values) * bins).astype(np.int64), 0, bins - 1)
+    hist = np.bincount(index, minlength=bins).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
     centers = (edges[:-1] + edges[1:]) / 2
     weight_low = np.cumsum(hist)
     weight_high = weight_low[-1] - weight_low

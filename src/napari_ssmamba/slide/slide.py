@@ -274,6 +274,15 @@ class Slide(abc.ABC):
             ]
         return self._levels
 
+    def jpeg_tiles(self, level: int):
+        """The level's tiles as JPEG streams (a ``JpegTiles``), or None when it is not stored so.
+
+        For decoders that take whole streams in batches, such as nvJPEG on the GPU.
+        """
+        self._check_open()
+        jpeg_tiles = getattr(self._readers[level], "jpeg_tiles", None)
+        return jpeg_tiles() if jpeg_tiles is not None else None
+
     def read_region(self, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
         """Read an (h, w, c) region of ``level`` whose top-left corner is (y, x) in level-0 px.
 
@@ -317,6 +326,12 @@ class Slide(abc.ABC):
         if factor == 1:
             return region
         h, w = level_h // factor * factor, level_w // factor * factor
+        if region.dtype == np.uint8 and region.shape[2] in (1, 3, 4):
+            from PIL import Image  # box means in C, 10x faster than numpy's
+
+            pixels = np.ascontiguousarray(region[:h, :w])
+            image = Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels)
+            return np.asarray(image.reduce(factor)).reshape(h // factor, w // factor, -1)
         blocks = region[:h, :w].reshape(h // factor, factor, w // factor, factor, -1)
         return blocks.mean(axis=(1, 3)).round().astype(region.dtype)
 

@@ -69,6 +69,50 @@ class _ByteReader:
             os.close(fd)
 
 
+class JpegTiles:
+    """The JPEG tiles of one pyramid level as whole JPEG streams, for batch decoders (nvJPEG).
+
+    ``colorspace`` is what the three JPEG components hold: "YCbCr" (decode to RGB as usual) or
+    "RGB" (as in Aperio SVS: the components are R, G, B; decode without colour conversion). Tiles at the
+    right and bottom edges are stored full size; their pixels past the level's edge are padding.
+    """
+
+    def __init__(self, path: Path, level: int, page, shape_hw: tuple[int, int],
+                 reader: _ByteReader):
+        self.path = path
+        self.level = level
+        self.shape_hw = shape_hw
+        self.tile_hw = (int(page.tilelength), int(page.tilewidth))
+        self.grid_hw = (math.ceil(shape_hw[0] / self.tile_hw[0]),
+                        math.ceil(shape_hw[1] / self.tile_hw[1]))
+        # as tifffile decides: RGB photometric without a JFIF marker means RGB components
+        rgb = int(page.photometric) == 2 and not page.keyframe.is_jfif
+        self.colorspace = "RGB" if rgb else "YCbCr"
+        self._offsets = np.asarray(page.dataoffsets, dtype=np.int64)
+        self._sizes = np.asarray(page.databytecounts, dtype=np.int64)
+        tables = getattr(page, "jpegtables", None) or page.keyframe.jpegtables
+        # abbreviated streams: the tables (without their end marker) go before the tile's
+        # frame (without its start marker)
+        self._tables = bytes(tables[:-2]) if tables else None
+        self._reader = reader
+
+    @property
+    def stored(self) -> np.ndarray:
+        """(rows, cols) bool: False for tiles the file does not store (readers show them white)."""
+        count = self.grid_hw[0] * self.grid_hw[1]
+        return ((self._offsets[:count] > 0) & (self._sizes[:count] > 0)).reshape(self.grid_hw)
+
+    def stream(self, row: int, col: int) -> bytes:
+        """The complete JPEG stream of tile (row, col); raises SlideError if it cannot be read."""
+        index = row * self.grid_hw[1] + col
+        try:
+            data = self._reader.read(int(self._offsets[index]), int(self._sizes[index]))
+        except OSError as exc:
+            raise SlideError(f"{self.path}: cannot read tile {index} of level {self.level}: "
+                             f"{exc}") from exc
+        return self._tables + data[2:] if self._tables else data
+
+
 @dataclass
 class _Plane:
     """Segments of one page holding ``channels`` channels of a level (one sample plane)."""
@@ -112,6 +156,21 @@ class _TiffLevel(LevelReader):
     def channel_chunks(self) -> int:
         # channels in separate pages are read apart, so a viewer showing one decodes one
         return self._planes[0].channels if len(self._planes) > 1 else self.shape[2]
+
+    def jpeg_tiles(self) -> JpegTiles | None:
+        """This level's tiles as JPEG streams when it is one tiled 8-bit RGB JPEG page, else None."""
+        if not hasattr(self, "_jpeg_tiles"):
+            self._jpeg_tiles = self._find_jpeg_tiles()
+        return self._jpeg_tiles
+
+    def _find_jpeg_tiles(self) -> JpegTiles | None:
+        page = self._planes[0].page
+        keyframe = page.keyframe
+        if (len(self._planes) != 1 or not self._tiled or keyframe.compression != 7
+                or keyframe.samplesperpixel != 3 or keyframe.planarconfig != 1
+                or keyframe.dtype != np.uint8 or int(keyframe.photometric) not in (2, 6)):
+            return None
+        return JpegTiles(self._path, self._index, page, self.shape[:2], self._reader)
 
     def segment(self, plane_index: int, row: int, col: int) -> np.ndarray:
         """The decoded segment (tile or strip) at grid (row, col) of a plane, (h, w, channels)."""

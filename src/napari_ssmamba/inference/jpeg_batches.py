@@ -1,0 +1,315 @@
+"""Model tiles cut from a slide level's own JPEG tiles, decoded in batches on the GPU (nvJPEG).
+
+Reading through OpenSlide or tifffile decodes every JPEG tile on the CPU, and on a GPU host that,
+not the model, bounds throughput. Here, for each batch of model tiles, the JPEG tiles they cover
+are read as compressed bytes and decoded together on the device
+(``torchvision.io.decode_jpeg(device="cuda")``); the model tiles are then gathered from the
+decoded tiles on the device and resampled there when the level is not at the model's resolution.
+JPEG tiles shared with the previous batch are not decoded again.
+
+The boxes, padding and resampling rules are those of
+:class:`~napari_ssmamba.inference.predict.SlideTileReader`: outside the slide is white, past the
+level's edge is the slide's background. Only the JPEG decoders differ (IDCT and chroma upsampling
+rounding); :meth:`JpegBatchReader.check` measures that difference on a tile of the slide, and
+:func:`tile_reader_for` uses this reader only when the difference is that small.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Callable
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+#: largest mean |difference| (0-255 levels) between nvJPEG and the slide's own reader on the check
+#: tile. The decoders round the IDCT and upsample chroma differently (0.4 on average on 4:2:0 tiles
+#: of the benchmark slide, H100); a wrong colour space differs by about 50.
+MAX_MEAN_DIFFERENCE = 10.0
+#: the tile decoders :func:`tile_reader_for` chooses from
+DECODERS = ("auto", "cpu", "nvjpeg")
+
+
+def nvjpeg_decoder(colorspace: str, device) -> Callable:
+    """A function decoding a list of JPEG streams on ``device`` into an (n, h, w, 3) uint8 tensor.
+
+    Raises ValueError for RGB-coded streams (as in Aperio SVS): nvJPEG converts every
+    three-component JPEG from YCbCr, also with an Adobe RGB marker or unchanged output (both
+    tried on the H100: 50 levels off). Raises ImportError when torchvision is missing.
+    """
+    if colorspace != "YCbCr":
+        raise ValueError("nvJPEG decodes YCbCr JPEG tiles only; these hold R, G, B components")
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    def decode(streams: list[bytes]):
+        data = [torch.frombuffer(bytearray(s), dtype=torch.uint8) for s in streams]
+        images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+        return torch.stack(images).permute(0, 2, 3, 1)
+
+    return decode
+
+
+def _axis_sources(start, size_l0, slide_len, level_len, downsample):
+    """Per output pixel along one axis: the level pixel to take, or WHITE / BACKGROUND.
+
+    ``start`` holds the boxes' level-0 starts, all of length ``size_l0``. Mirrors
+    ``SlideTileReader``: the box is clipped to the slide, read from level pixel
+    ``floor(clipped_start / downsample)``, pasted at ``round((clipped_start - start) / downsample)``
+    into a white canvas of ``round(size_l0 / downsample)`` px, and pixels past the level's end
+    are the background.
+    """
+    start = np.asarray(start, dtype=np.int64)
+    out_size = max(round(size_l0 / downsample), 1)
+    clipped0 = np.maximum(start, 0)
+    clipped1 = np.minimum(start + size_l0, slide_len)
+    # np.round rounds half to even, as Python's round does in SlideTileReader
+    length = np.maximum(np.round((clipped1 - clipped0) / downsample), 1).astype(np.int64)
+    offset = np.round((clipped0 - start) / downsample).astype(np.int64)
+    length = np.minimum(length, out_size - offset)
+    first = np.floor(clipped0 / downsample).astype(np.int64)
+    v = np.arange(out_size)[None, :]
+    source = first[:, None] + v - offset[:, None]
+    source = np.where(source < level_len, source, BACKGROUND)
+    inside = (
+        (v >= offset[:, None]) & (v < (offset + length)[:, None]) & (clipped1 > clipped0)[:, None]
+    )
+    return np.where(inside, source, WHITE).astype(np.int64), out_size
+
+
+WHITE = -1
+BACKGROUND = -2
+
+
+def _cells_covered(rows: np.ndarray, cols: np.ndarray, tile_hw, grid_w: int) -> np.ndarray:
+    """Sorted grid keys (row * grid_w + col) of the JPEG tiles that the boxes' pixels fall in.
+
+    ``rows`` and ``cols`` are (b, out) level pixels (negative: no pixel), increasing by one.
+    """
+    spans = []
+    for source, tile_len in ((rows, tile_hw[0]), (cols, tile_hw[1])):
+        valid = source >= 0
+        low = np.where(valid, source, np.iinfo(np.int64).max).min(axis=1) // tile_len
+        high = np.where(valid, source, -1).max(axis=1) // tile_len
+        spans.append((low, high, valid.any(axis=1)))
+    (r0, r1, r_ok), (c0, c1, c_ok) = spans
+    k_r = np.arange(int((r1 - r0).max(initial=0)) + 1)[None, :, None]
+    k_c = np.arange(int((c1 - c0).max(initial=0)) + 1)[None, None, :]
+    keys = (r0[:, None, None] + k_r) * grid_w + (c0[:, None, None] + k_c)
+    inside = (
+        (k_r <= (r1 - r0)[:, None, None])
+        & (k_c <= (c1 - c0)[:, None, None])
+        & (r_ok & c_ok)[:, None, None]
+    )
+    return np.unique(keys[inside])
+
+
+class JpegBatchReader:
+    """Batches of model tiles (uint8, (b, tile, tile, 3), on ``device``) for level-0 boxes.
+
+    ``decode`` turns a list of JPEG streams into an (n, h, w, 3) uint8 tensor on ``device``;
+    the default is :func:`nvjpeg_decoder`. Raises ValueError when the level the geometry reads is
+    not stored as JPEG tiles, or (with the default decoder) holds RGB-coded JPEG.
+    """
+
+    def __init__(self, slide, geometry, device, decode: Callable | None = None):
+        import torch
+
+        self.slide = slide
+        self.geometry = geometry
+        self.device = torch.device(device)
+        self.jpeg = slide.jpeg_tiles(geometry.level)
+        if self.jpeg is None:
+            raise ValueError(
+                f"{slide.path}: level {geometry.level} is not stored as JPEG tiles; read it "
+                "with SlideTileReader"
+            )
+        self.decode = decode or nvjpeg_decoder(self.jpeg.colorspace, self.device)
+        background = np.asarray(slide.background, dtype=np.uint8)[:3]
+        self._constants = torch.tensor(
+            np.stack([np.full(3, 255, np.uint8), background]), device=self.device
+        )
+        self._decoded_keys = np.zeros(0, dtype=np.int64)
+        self._decoded = None
+
+    def check(self, row: int | None = None, col: int | None = None) -> float:
+        """Mean |difference| between this reader's decoder and the slide's reader on one tile.
+
+        The tile is (row, col) of the level's grid, or the stored tile nearest the grid's centre.
+        """
+        if row is None or col is None:
+            rows, cols = np.nonzero(self.jpeg.stored)
+            if not len(rows):
+                return 0.0
+            grid_h, grid_w = self.jpeg.grid_hw
+            nearest = np.argmin((rows - grid_h / 2) ** 2 + (cols - grid_w / 2) ** 2)
+            row, col = int(rows[nearest]), int(cols[nearest])
+        tile_h, tile_w = self.jpeg.tile_hw
+        y, x = row * tile_h, col * tile_w
+        h = min(tile_h, self.jpeg.shape_hw[0] - y)
+        w = min(tile_w, self.jpeg.shape_hw[1] - x)
+        expected = self.slide.level_readers[self.geometry.level].read(y, x, h, w)
+        decoded = self.decode([self.jpeg.stream(row, col)])
+        if tuple(decoded.shape) != (1, tile_h, tile_w, 3):
+            return float("inf")
+        got = decoded[0, :h, :w].cpu().numpy().astype(np.int16)
+        return float(np.abs(got - expected).mean())
+
+    def __call__(self, boxes_l0):
+        """The (b, tile, tile, 3) uint8 tiles of the level-0 boxes ``(minx, miny, width, height)``."""
+        import torch
+        import torch.nn.functional as F
+
+        g = self.geometry
+        boxes = np.asarray(boxes_l0, dtype=np.int64).reshape(-1, 4)
+        width, height = (int(v) for v in self.slide.dimensions)
+        level_h, level_w = self.jpeg.shape_hw
+        rows, out_size = _axis_sources(boxes[:, 1], g.tile_l0, height, level_h, g.level_downsample)
+        cols, _ = _axis_sources(boxes[:, 0], g.tile_l0, width, level_w, g.level_downsample)
+        flat = self._gather_index(rows, cols)
+        tiles = self._pixels()[flat]  # (b, out, out, 3)
+        if out_size != g.tile_size:
+            tiles = F.interpolate(
+                tiles.permute(0, 3, 1, 2).float(),
+                size=(g.tile_size, g.tile_size),
+                mode="bilinear",
+                align_corners=False,
+                antialias=True,
+            )
+            tiles = tiles.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+        return tiles.contiguous()
+
+    def _pixels(self):
+        """(n * tile_h * tile_w, 3): the decoded tiles, then one white and one background tile."""
+        import torch
+
+        tile_h, tile_w = self.jpeg.tile_hw
+        constant = self._constants[:, None, None, :].expand(2, tile_h, tile_w, 3)
+        parts = [constant] if self._decoded is None else [self._decoded, constant]
+        return torch.cat(parts).reshape(-1, 3)
+
+    def _gather_index(self, rows: np.ndarray, cols: np.ndarray):
+        """(b, out, out) indices into :meth:`_pixels` for the level pixels ``rows`` x ``cols``.
+
+        Decodes the JPEG tiles the boxes need that the previous batch did not.
+        """
+        import torch
+
+        tile_h, tile_w = self.jpeg.tile_hw
+        grid_h, grid_w = self.jpeg.grid_hw
+        keys = _cells_covered(rows, cols, self.jpeg.tile_hw, grid_w)
+        keys = keys[self.jpeg.stored.ravel()[keys]] if len(keys) else keys
+        self._decode_keys(keys)
+
+        # slot of each (grid row, grid col); grid row/col index grid_h (grid_w) stands for WHITE
+        # and grid_h + 1 (grid_w + 1) for BACKGROUND; tiles not stored are white
+        white, background = len(keys), len(keys) + 1
+        stored_slot = np.full(grid_h * grid_w, white, dtype=np.int64)
+        stored_slot[keys] = np.arange(len(keys))
+        slot = np.full((grid_h + 2, grid_w + 2), white, dtype=np.int32)
+        slot[:grid_h, :grid_w] = stored_slot.reshape(grid_h, grid_w)
+        slot[grid_h + 1, : grid_w + 1] = background
+        slot[: grid_h + 1, grid_w + 1] = background
+        slot[grid_h + 1, grid_w + 1] = background
+        slot[grid_h, :] = slot[:, grid_w] = white  # white wins over background
+
+        def cell_and_offset(source, tile_len, grid_len):  # WHITE -> grid_len, BACKGROUND -> + 1
+            cell = np.where(source >= 0, source // tile_len, grid_len - 1 - source).astype(np.int32)
+            offset = np.where(source >= 0, source % tile_len, 0).astype(np.int32)
+            return torch.as_tensor(cell, device=self.device), torch.as_tensor(
+                offset, device=self.device
+            )
+
+        row_cell, row_offset = cell_and_offset(rows, tile_h, grid_h)
+        col_cell, col_offset = cell_and_offset(cols, tile_w, grid_w)
+        slots = torch.as_tensor(slot, device=self.device)[
+            row_cell[:, :, None], col_cell[:, None, :]
+        ]
+        return (slots * tile_h + row_offset[:, :, None]) * tile_w + col_offset[:, None, :]
+
+    def _decode_keys(self, keys: np.ndarray) -> None:
+        """Make ``self._decoded`` hold the tiles of ``keys`` in that order, reusing decoded ones."""
+        import torch
+
+        grid_w = self.jpeg.grid_hw[1]
+        previous = {int(k): i for i, k in enumerate(self._decoded_keys)}
+        missing = [int(k) for k in keys if int(k) not in previous]
+        parts, order = [], []
+        if missing:
+            streams = [self.jpeg.stream(*divmod(k, grid_w)) for k in missing]
+            fresh = self.decode(streams)
+            tile_hw = tuple(fresh.shape[1:3])
+            if tile_hw != self.jpeg.tile_hw or fresh.shape[3] != 3:
+                raise ValueError(
+                    f"{self.slide.path}: decoded JPEG tiles of level {self.geometry.level} are "
+                    f"{tuple(fresh.shape[1:])}, not {(*self.jpeg.tile_hw, 3)}"
+                )
+            parts.append(fresh)
+            order += missing
+        reused = [k for k in (int(k) for k in keys) if k in previous]
+        if reused:
+            index = torch.as_tensor([previous[k] for k in reused], device=self.device)
+            parts.append(self._decoded.index_select(0, index))
+            order += reused
+        if not parts:
+            self._decoded, self._decoded_keys = None, np.zeros(0, dtype=np.int64)
+            return
+        decoded = torch.cat(parts) if len(parts) > 1 else parts[0]
+        position = np.argsort(np.asarray(order, dtype=np.int64))  # back to the order of keys
+        if not np.array_equal(position, np.arange(len(position))):
+            decoded = decoded.index_select(0, torch.as_tensor(position, device=self.device))
+        self._decoded, self._decoded_keys = decoded.contiguous(), keys
+
+
+#: per slide: {(level, device): why nvJPEG cannot be used there, or None when it can}
+_checked: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def tile_reader_for(slide, geometry, device, decoder: str = "auto"):
+    """The tile reader ``predict_tiles`` should use: batched nvJPEG on CUDA where it applies.
+
+    ``decoder``: "auto" (nvJPEG when the device is CUDA, torchvision is installed, the level is
+    stored as YCbCr JPEG tiles and nvJPEG gives the slide reader's pixels on the check tile;
+    otherwise the CPU), "cpu" (:class:`SlideTileReader`), or "nvjpeg" (raises ValueError if it
+    cannot be used). The check runs once per slide, level and device.
+    """
+    import torch
+
+    from napari_ssmamba.inference.predict import SlideTileReader
+
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
+    device = torch.device(device)
+    if decoder == "cpu" or (decoder == "auto" and device.type != "cuda"):
+        return SlideTileReader(slide, geometry)
+    if device.type != "cuda":
+        reason = f"nvJPEG decodes on CUDA devices, not {device}"
+    else:
+        checked = _checked.setdefault(slide, {})
+        if (geometry.level, device) not in checked:
+            checked[geometry.level, device] = _why_not_nvjpeg(slide, geometry, device)
+        reason = checked[geometry.level, device]
+        if reason is None:
+            return JpegBatchReader(slide, geometry, device)
+    if decoder == "nvjpeg":
+        raise ValueError(f"{slide.path}: cannot decode tiles with nvJPEG: {reason}")
+    logger.info("%s: decoding tiles on the CPU: %s", slide.path, reason)
+    return SlideTileReader(slide, geometry)
+
+
+def _why_not_nvjpeg(slide, geometry, device) -> str | None:
+    """None when nvJPEG reads this level with the slide reader's pixels, else the reason."""
+    try:
+        difference = JpegBatchReader(slide, geometry, device).check()
+    except ImportError:
+        return "torchvision is not installed (pip install torchvision)"
+    except ValueError as error:
+        return str(error)
+    except Exception as error:  # noqa: BLE001 - a decoder failure is a reason to use the CPU
+        return f"nvJPEG failed on the check tile ({type(error).__name__}: {error})"
+    logger.info("%s: nvJPEG differs by %.2f levels on the check tile", slide.path, difference)
+    if difference > MAX_MEAN_DIFFERENCE:
+        return f"nvJPEG's pixels differ from the slide reader's by {difference:.1f} levels"
+    return None

@@ -1,0 +1,204 @@
+"""Model tiles cut from a level's JPEG tiles (the GPU path) equal the slide reader's tiles.
+
+On the CPU the batch reader runs with libjpeg-turbo (imagecodecs) as its decoder, so every
+assembly rule (tile borders, slide and level edges, resampling) is checked pixel for pixel; the
+nvJPEG decoder itself is checked on the GPU (marked ``gpu``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from napari_ssmamba.inference import classify_slide
+from napari_ssmamba.inference.jpeg_batches import (
+    MAX_MEAN_DIFFERENCE,
+    JpegBatchReader,
+    tile_reader_for,
+)
+from napari_ssmamba.inference.predict import SlideTileReader
+from napari_ssmamba.inference.tiling import tile_geometry
+from napari_ssmamba.slide import open_slide
+
+
+def libjpeg_decoder(colorspace: str):
+    import imagecodecs
+
+    def decode(streams):
+        return torch.from_numpy(
+            np.stack(
+                [
+                    imagecodecs.jpeg8_decode(s, colorspace=colorspace.upper(), outcolorspace="RGB")
+                    for s in streams
+                ]
+            )
+        )
+
+    return decode
+
+
+@pytest.fixture(scope="module")
+def ycbcr_pyramid(tmp_path_factory, sample_slide_path):
+    """A 2-level YCbCr JPEG pyramid (256 px tiles, edges not on the tile grid) at 0.25 µm/px.
+
+    Level 0 is one pixel wider and taller than twice level 1, so boxes at the right and bottom
+    edges reach past level 1 (the slide's background there).
+    """
+    import tifffile
+
+    with open_slide(sample_slide_path) as slide:
+        level0 = slide.read_region(0, 0, 0, 1301, 1701)
+    level1 = level0[:1300, :1700]
+    level1 = level1.reshape(650, 2, 850, 2, 3).mean(axis=(1, 3)).round().astype(np.uint8)
+    path = tmp_path_factory.mktemp("slides") / "pyramid.tif"
+    options = {"tile": (256, 256), "compression": "jpeg", "photometric": "ycbcr"}
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(level0, resolution=(40000, 40000), resolutionunit="CENTIMETER", **options)
+        tif.write(level1, subfiletype=1, **options)
+    return path
+
+
+def boxes_over(slide, geometry, n=30, seed=0):
+    """Boxes on and across the slide's edges, and one past its corner."""
+    rng = np.random.default_rng(seed)
+    width, height = slide.dimensions
+    t = geometry.tile_l0
+    xs = rng.integers(-t // 2, width, n)
+    ys = rng.integers(-t // 2, height, n)
+    xs[:4] = [width - t // 2, -7, 0, width + 3]
+    ys[:4] = [height - 10, 5, height - t, 0]
+    return np.stack([xs, ys, np.full(n, t), np.full(n, t)], axis=1)
+
+
+def tiles_both_ways(slide, geometry, boxes, batch=12):
+    expected = np.stack([SlideTileReader(slide, geometry)(box) for box in boxes])
+    colorspace = slide.jpeg_tiles(geometry.level).colorspace
+    reader = JpegBatchReader(slide, geometry, "cpu", decode=libjpeg_decoder(colorspace))
+    got = np.concatenate(
+        [reader(boxes[i : i + batch]).numpy() for i in range(0, len(boxes), batch)]
+    )
+    return expected, got
+
+
+@pytest.mark.parametrize("model_mpp", [0.5, 0.6])
+def test_aperio_rgb_tiles_equal_the_slide_reader(sample_slide, model_mpp):
+    # Aperio stores R, G, B in its JPEG components (photometric RGB, shared JPEG tables)
+    assert sample_slide.jpeg_tiles(0).colorspace == "RGB"
+    geometry = tile_geometry(sample_slide.mpp, sample_slide.level_downsamples, 224, model_mpp)
+    expected, got = tiles_both_ways(sample_slide, geometry, boxes_over(sample_slide, geometry))
+    if geometry.read_size == geometry.tile_size:
+        np.testing.assert_array_equal(got, expected)
+    else:  # resampled on the device: bilinear with antialiasing, as PIL does, to one level
+        assert geometry.read_size != 224
+        assert np.abs(got.astype(int) - expected).max() <= 1
+
+
+@pytest.mark.parametrize("model_mpp", [0.5, 0.37])
+def test_ycbcr_pyramid_tiles_equal_the_slide_reader(ycbcr_pyramid, model_mpp):
+    with open_slide(ycbcr_pyramid) as slide:
+        assert slide.jpeg_tiles(1).colorspace == "YCbCr"
+        geometry = tile_geometry(slide.mpp, slide.level_downsamples, 224, model_mpp)
+        assert geometry.level == (1 if model_mpp == 0.5 else 0)
+        expected, got = tiles_both_ways(slide, geometry, boxes_over(slide, geometry))
+    if geometry.read_size == geometry.tile_size:
+        np.testing.assert_array_equal(got, expected)
+    else:
+        assert np.abs(got.astype(int) - expected).max() <= 1
+    assert (got[3] == 255).all()  # the box past the slide's corner is white
+
+
+def test_a_tile_the_file_does_not_store_is_white(sample_slide):
+    geometry = tile_geometry(sample_slide.mpp, sample_slide.level_downsamples, 224, 0.5)
+    reader = JpegBatchReader(sample_slide, geometry, "cpu", decode=libjpeg_decoder("RGB"))
+    reader.jpeg._sizes[0] = 0  # tile (0, 0), as a sparse TIFF leaves it
+    assert not reader.jpeg.stored[0, 0]
+    tile = reader(np.array([[0, 0, 224, 224]])).numpy()[0]
+    tile_h, tile_w = reader.jpeg.tile_hw
+    assert (tile[:tile_h, :tile_w] == 255).all()
+
+
+def test_decoded_tiles_are_reused_by_the_next_batch(ycbcr_pyramid):
+    with open_slide(ycbcr_pyramid) as slide:
+        geometry = tile_geometry(slide.mpp, slide.level_downsamples, 224, 0.5)
+        decoded = []
+        plain = libjpeg_decoder("YCbCr")
+
+        def counting(streams):
+            decoded.append(len(streams))
+            return plain(streams)
+
+        reader = JpegBatchReader(slide, geometry, "cpu", decode=counting)
+        first = reader(np.array([[0, 0, 448, 448]]))  # level-1 pixels 0-223: JPEG tile (0, 0)
+        again = reader(np.array([[448, 0, 448, 448]]))  # 224-447: tiles (0, 0) and (0, 1)
+    assert decoded == [1, 1]
+    assert first.shape == again.shape == (1, 224, 224, 3)
+
+
+def test_check_catches_a_decoder_that_gets_the_colours_wrong(sample_slide):
+    geometry = tile_geometry(sample_slide.mpp, sample_slide.level_downsamples, 224, 0.5)
+    right = JpegBatchReader(sample_slide, geometry, "cpu", decode=libjpeg_decoder("RGB"))
+    # decoding Aperio's RGB components as YCbCr: what a decoder does unless told
+    wrong = JpegBatchReader(sample_slide, geometry, "cpu", decode=libjpeg_decoder("YCbCr"))
+    assert right.check() == 0.0
+    assert wrong.check() > 20
+
+
+def test_reader_choice_on_the_cpu(sample_slide, slides_dir):
+    geometry = tile_geometry(sample_slide.mpp, sample_slide.level_downsamples, 224, 0.5)
+    assert isinstance(tile_reader_for(sample_slide, geometry, "cpu"), SlideTileReader)
+    with pytest.raises(ValueError, match="CUDA devices"):
+        tile_reader_for(sample_slide, geometry, "cpu", decoder="nvjpeg")
+    with pytest.raises(ValueError, match="decoder must be one of"):
+        tile_reader_for(sample_slide, geometry, "cpu", decoder="gpu")
+    with open_slide(slides_dir / "kidney-48-5.tif", mpp=0.5) as striped:
+        assert striped.jpeg_tiles(0) is None  # uncompressed strips
+        geometry = tile_geometry(striped.mpp, striped.level_downsamples, 224, 0.5)
+        with pytest.raises(ValueError, match="not stored as JPEG tiles"):
+            JpegBatchReader(striped, geometry, "cpu")
+
+
+def test_classify_slide_says_which_decoder_it_used(sample_slide, small_model):
+    model, card = small_model
+    result = classify_slide(sample_slide, model, card, device="cpu", attention=False)
+    assert result.parameters["tile_decoder"] == "cpu"
+
+
+def test_aperio_rgb_jpeg_is_left_to_the_cpu(sample_slide):
+    # nvJPEG colour-converts every three-component JPEG (seen on the H100), so RGB-coded tiles
+    # would come out false-coloured: the CPU reads them, and forcing nvJPEG says why not
+    geometry = tile_geometry(sample_slide.mpp, sample_slide.level_downsamples, 224, 0.5)
+    assert isinstance(tile_reader_for(sample_slide, geometry, "cuda"), SlideTileReader)
+    with pytest.raises(ValueError, match="YCbCr JPEG tiles only"):
+        tile_reader_for(sample_slide, geometry, "cuda", decoder="nvjpeg")
+
+
+@pytest.mark.gpu
+def test_nvjpeg_tiles_match_the_slide_reader(ycbcr_pyramid):
+    pytest.importorskip("torchvision")
+    with open_slide(ycbcr_pyramid) as slide:
+        geometry = tile_geometry(slide.mpp, slide.level_downsamples, 224, 0.5)
+        reader = tile_reader_for(slide, geometry, "cuda", decoder="nvjpeg")
+        difference = reader.check()
+        boxes = boxes_over(slide, geometry)
+        expected = np.stack([SlideTileReader(slide, geometry)(box) for box in boxes])
+        got = reader(boxes).cpu().numpy()
+    # nvJPEG and libjpeg-turbo round the IDCT and upsample chroma differently
+    assert difference <= MAX_MEAN_DIFFERENCE
+    assert np.abs(got.astype(int) - expected).mean() <= MAX_MEAN_DIFFERENCE
+    assert (got[3] == 255).all()  # past the slide's corner: white
+
+
+@pytest.mark.gpu
+def test_classify_slide_on_the_gpu_gives_the_cpu_decoders_answer(ycbcr_pyramid, small_model):
+    pytest.importorskip("torchvision")
+    model, card = small_model
+    card = dataclasses.replace(card, mpp=0.5)  # 64 px tiles read from level 1's JPEG tiles
+    with open_slide(ycbcr_pyramid) as slide:
+        gpu = classify_slide(slide, model, card, device="cuda", decoder="nvjpeg")
+        cpu = classify_slide(slide, model, card, device="cuda", decoder="cpu")
+    assert gpu.parameters["tile_decoder"] == "nvjpeg"
+    np.testing.assert_array_equal(gpu.tile_boxes_l0, cpu.tile_boxes_l0)
+    np.testing.assert_allclose(gpu.tile_probabilities, cpu.tile_probabilities, atol=0.05)
