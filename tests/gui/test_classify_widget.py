@@ -150,3 +150,18 @@ def test_cancel_reports_and_keeps_napari_running(qtbot, make_napari_viewer, smal
     qtbot.waitUntil(lambda: widget.run_button.isEnabled(), timeout=5_000)
     assert widget.status_label.text() == "Cancelled."
     assert widget.result is None and len(viewer.layers) == 1
+
+
+def test_a_drawn_roi_layer_gets_the_slides_micron_units(qtbot, viewer_with_sample):
+    # napari's "new shapes layer" button: the world's scale, pixel units, and napari would warn
+    # "Inconsistent units across layers" and draw the scale bar without µm
+    from napari_ssmamba.gui.classify_widget import ClassifyWidget
+
+    viewer = viewer_with_sample
+    widget = ClassifyWidget(viewer)
+    qtbot.addWidget(widget)
+    shapes = viewer.add_shapes(scale=viewer.layers.extent.step, name="drawn")
+    assert [str(u) for u in shapes.units] == ["micrometer", "micrometer"]
+    assert [str(u) for u in viewer.layers.extent.units] == ["micrometer", "micrometer"]
+    image = viewer.add_image(np.zeros((4, 4)), name="pixels, not drawn")
+    assert str(image.units[-1]) == "pixel"  # only shapes and points layers are relabelled

@@ -27,6 +27,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_ssmamba.gui.slide_reader import adopt_world_units, is_slide_layer
+
 WHOLE_TISSUE = "(whole tissue)"
 BUNDLED_MODEL = "Bundled default model"
 CHECKPOINT_FILE = "Checkpoint file"
@@ -48,11 +50,6 @@ def fading_colormap(name: str, fade_below: float = FADE_BELOW):
     colors = base.map(controls)
     colors[:, 3] = np.clip(controls / fade_below, 0.0, 1.0)
     return Colormap(colors=colors, controls=controls, name=f"{name} (fading)")
-
-
-def is_slide_layer(layer) -> bool:
-    """Image layers our slide reader made (they carry the Slide in their metadata)."""
-    return layer._type_string == "image" and "slide" in layer.metadata
 
 
 class ClassifyWidget(QWidget):
@@ -148,6 +145,7 @@ class ClassifyWidget(QWidget):
     # --- choices -----------------------------------------------------------------------------
 
     def _refresh_layer_choices(self, event=None) -> None:
+        adopt_world_units(self.viewer.layers)
         slide_names = [layer.name for layer in self.viewer.layers if is_slide_layer(layer)]
         roi_names = [layer.name for layer in self.viewer.layers if layer._type_string == "shapes"]
         _set_items(self.slide_combo, slide_names)

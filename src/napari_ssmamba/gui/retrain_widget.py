@@ -27,11 +27,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_ssmamba.gui.slide_reader import adopt_world_units, is_slide_layer
+
 MIN_TILES_PER_CLASS = 20
-
-
-def _is_slide_layer(layer) -> bool:
-    return layer._type_string == "image" and "slide" in layer.metadata
 
 
 class RetrainWidget(QWidget):
@@ -134,9 +132,10 @@ class RetrainWidget(QWidget):
         return counts
 
     def _refresh(self, event=None) -> None:
+        adopt_world_units(self.viewer.layers)
         current = self.slide_combo.currentText()
         self.slide_combo.clear()
-        self.slide_combo.addItems([layer.name for layer in self.viewer.layers if _is_slide_layer(layer)])
+        self.slide_combo.addItems([layer.name for layer in self.viewer.layers if is_slide_layer(layer)])
         if current:
             self.slide_combo.setCurrentText(current)
         for layer in self._shapes_layers():

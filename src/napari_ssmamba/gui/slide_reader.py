@@ -161,6 +161,26 @@ def set_layer_mpp(layer, mpp: tuple[float, float]) -> None:
         slide.mpp = mpp
 
 
+def adopt_world_units(layers) -> None:
+    """Label shapes and points layers that have no units with µm when a slide layer is in µm.
+
+    A slide layer puts napari's world in µm; a layer drawn with napari's buttons has its data
+    scaled into that world but keeps pixel units, so napari warns "Inconsistent units across
+    layers" and the scale bar loses its µm. Its world coordinates are µm all the same: say so.
+    (napari runs plugins' callbacks after its own, so its warning still shows once per such layer.)
+    """
+    in_microns = any(
+        is_slide_layer(layer) and str(layer.units[-1]) in ("micrometer", MICRONS) for layer in layers
+    )
+    if not in_microns:
+        return
+    for layer in layers:
+        if layer._type_string in ("shapes", "points") and all(
+            str(unit) == PIXELS for unit in layer.units
+        ):
+            layer.units = (*layer.units[:-2], MICRONS, MICRONS)
+
+
 def is_slide_layer(layer) -> bool:
     return getattr(layer, "metadata", None) is not None and "slide_path" in layer.metadata
 
