@@ -63,6 +63,7 @@ def test_classify_rois(tmp_path, checkpoint):
     assert outputs_complete(out, "CMU-1-Small-Region")
     record = json.loads((out / "CMU-1-Small-Region.run.json").read_text())
     assert record["parameters"]["stride_model_px"] == 32
+    assert record["parameters"]["tile_decoder"] == "cpu"
     assert record["run_info"]["roi_file"] == str(rois)
     assert record["summary"]["rois"][0]["class"] in ("Tumor", "Stroma")
 
@@ -108,3 +109,12 @@ def test_bad_options(tmp_path, checkpoint):
         ],
     )
     assert result.exit_code == 1 and "bad.geojson" in result.output
+
+
+def test_forcing_nvjpeg_where_it_cannot_run_says_why(tmp_path, checkpoint):
+    # the sample is Aperio RGB-coded JPEG, and this is a CPU: nvJPEG cannot read it either way
+    args = ["classify", str(SAMPLE), "--model", str(checkpoint), "--out", str(tmp_path / "out")]
+    result = CliRunner().invoke(main, [*args, "--device", "cpu", "--decoder", "nvjpeg"])
+    assert result.exit_code == 1
+    assert "cannot decode tiles with nvJPEG" in result.output and "'cpu'" in result.output
+    assert not (tmp_path / "out" / "CMU-1-Small-Region.run.json").exists()

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_ssmamba.errors import BackendUnavailableError
 from napari_ssmamba.inference import classify_slide
 from napari_ssmamba.inference.jpeg_batches import (
     MAX_MEAN_DIFFERENCE,
@@ -149,7 +150,7 @@ def test_check_catches_a_decoder_that_gets_the_colours_wrong(sample_slide):
 def test_reader_choice_on_the_cpu(sample_slide, slides_dir):
     geometry = tile_geometry(sample_slide.mpp, sample_slide.level_downsamples, 224, 0.5)
     assert isinstance(tile_reader_for(sample_slide, geometry, "cpu"), SlideTileReader)
-    with pytest.raises(ValueError, match="CUDA devices"):
+    with pytest.raises(BackendUnavailableError, match="CUDA devices"):
         tile_reader_for(sample_slide, geometry, "cpu", decoder="nvjpeg")
     with pytest.raises(ValueError, match="decoder must be one of"):
         tile_reader_for(sample_slide, geometry, "cpu", decoder="gpu")
@@ -171,7 +172,7 @@ def test_aperio_rgb_jpeg_is_left_to_the_cpu(sample_slide):
     # would come out false-coloured: the CPU reads them, and forcing nvJPEG says why not
     geometry = tile_geometry(sample_slide.mpp, sample_slide.level_downsamples, 224, 0.5)
     assert isinstance(tile_reader_for(sample_slide, geometry, "cuda"), SlideTileReader)
-    with pytest.raises(ValueError, match="YCbCr JPEG tiles only"):
+    with pytest.raises(BackendUnavailableError, match="YCbCr JPEG tiles only"):
         tile_reader_for(sample_slide, geometry, "cuda", decoder="nvjpeg")
 
 

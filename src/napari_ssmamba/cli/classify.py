@@ -69,6 +69,14 @@ class MppType(click.ParamType):
     default=None,
     help="Tiles per model batch. Default: chosen for the device (halved on GPU out-of-memory).",
 )
+@click.option(
+    "--decoder",
+    type=click.Choice(["auto", "cpu", "nvjpeg"]),
+    default="auto",
+    show_default=True,
+    help="Who decodes the slide's JPEG tiles: auto (nvJPEG on CUDA where it gives the CPU's "
+    "pixels, else the CPU), cpu, or nvjpeg (fail if it cannot be used).",
+)
 def classify(
     slide: Path,
     roi_path: Path | None,
@@ -78,6 +86,7 @@ def classify(
     stride: int | None,
     device: str,
     batch_size: int | None,
+    decoder: str,
 ) -> None:
     """Classify the ROIs of SLIDE (or its whole tissue) and write the exports to --out."""
     record = run_classify(
@@ -89,6 +98,7 @@ def classify(
         stride=stride,
         device=device,
         batch_size=batch_size,
+        decoder=decoder,
     )
     print_record(record, out_dir)
 
@@ -102,6 +112,7 @@ def run_classify(
     stride=None,
     device="auto",
     batch_size=None,
+    decoder="auto",
 ) -> dict:
     """Load the model, run the pipeline with a progress bar; our errors become ClickExceptions."""
     from rich.progress import Progress
@@ -135,6 +146,7 @@ def run_classify(
                 device=device,
                 stride=stride,
                 batch_size=batch_size,
+                decoder=decoder,
                 progress=progress,
                 run_info={"command": "ssmamba classify", "model_path": str(checkpoint)},
             )

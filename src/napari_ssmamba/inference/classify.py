@@ -346,12 +346,14 @@ def run_slide(
     cancel=None,
     run_info: dict | None = None,
     attention: bool = False,
+    decoder: str = "auto",
 ) -> dict:
     """Open ``slide_path``, classify (whole tissue when no ROIs), write the exports; return the run record.
 
     ``rois`` is None, a list of Annotations or geometries, or a QuPath GeoJSON path. Outputs are
     written by :func:`napari_ssmamba.export.write_outputs`; the run record is written last. The
-    exports hold no attention map, so it is not computed unless ``attention`` is set.
+    exports hold no attention map, so it is not computed unless ``attention`` is set. ``decoder``
+    is passed to :func:`classify_slide`.
     """
     import datetime
     import json
@@ -373,6 +375,7 @@ def run_slide(
             progress=progress,
             cancel=cancel,
             attention=attention,
+            decoder=decoder,
         )
         info = {
             "slide": str(Path(slide_path)),

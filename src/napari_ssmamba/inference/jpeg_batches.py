@@ -22,6 +22,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from napari_ssmamba.errors import BackendUnavailableError
+
 logger = logging.getLogger(__name__)
 
 #: largest mean |difference| (0-255 levels) between nvJPEG and the slide's own reader on the check
@@ -294,7 +296,10 @@ def tile_reader_for(slide, geometry, device, decoder: str = "auto"):
         if reason is None:
             return JpegBatchReader(slide, geometry, device)
     if decoder == "nvjpeg":
-        raise ValueError(f"{slide.path}: cannot decode tiles with nvJPEG: {reason}")
+        raise BackendUnavailableError(
+            f"{slide.path}: cannot decode tiles with nvJPEG: {reason}. Use decoder 'auto' (nvJPEG "
+            "where it can be used, else the CPU) or 'cpu'."
+        )
     logger.info("%s: decoding tiles on the CPU: %s", slide.path, reason)
     return SlideTileReader(slide, geometry)
 

@@ -197,7 +197,6 @@ class _BatchReader:
     """
 
     def __init__(self, read_tile, boxes_l0, batch_size, num_readers, pin, device, batched, depth=2):
-        import torch
 
         self._read_tile, self._boxes = read_tile, boxes_l0
         self._batch_size, self._pin, self._batched = batch_size, pin, batched
