@@ -54,6 +54,11 @@ def nvjpeg_decoder(colorspace: str, device) -> Callable:
     return decode
 
 
+#: codes in _axis_sources' output for pixels without a level pixel
+WHITE = -1
+BACKGROUND = -2
+
+
 def _axis_sources(start, size_l0, slide_len, level_len, downsample):
     """Per output pixel along one axis: the level pixel to take, or WHITE / BACKGROUND.
 
@@ -79,10 +84,6 @@ def _axis_sources(start, size_l0, slide_len, level_len, downsample):
         (v >= offset[:, None]) & (v < (offset + length)[:, None]) & (clipped1 > clipped0)[:, None]
     )
     return np.where(inside, source, WHITE).astype(np.int64), out_size
-
-
-WHITE = -1
-BACKGROUND = -2
 
 
 def _cells_covered(rows: np.ndarray, cols: np.ndarray, tile_hw, grid_w: int) -> np.ndarray:
@@ -133,7 +134,7 @@ class JpegBatchReader:
         self._constants = torch.tensor(
             np.stack([np.full(3, 255, np.uint8), background]), device=self.device
         )
-        self._decoded_keys = np.zeros(0, dtype=np.int64)
+        self._decoded_keys = np.zeros(0, dtype=np.int64)  # sorted grid keys of self._decoded
         self._decoded = None
 
     def check(self, row: int | None = None, col: int | None = None) -> float:
@@ -171,7 +172,7 @@ class JpegBatchReader:
         rows, out_size = _axis_sources(boxes[:, 1], g.tile_l0, height, level_h, g.level_downsample)
         cols, _ = _axis_sources(boxes[:, 0], g.tile_l0, width, level_w, g.level_downsample)
         flat = self._gather_index(rows, cols)
-        tiles = self._pixels()[flat]  # (b, out, out, 3)
+        tiles = self._decoded.view(-1, 3)[flat]  # (b, out, out, 3)
         if out_size != g.tile_size:
             tiles = F.interpolate(
                 tiles.permute(0, 3, 1, 2).float(),
@@ -183,17 +184,8 @@ class JpegBatchReader:
             tiles = tiles.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
         return tiles.contiguous()
 
-    def _pixels(self):
-        """(n * tile_h * tile_w, 3): the decoded tiles, then one white and one background tile."""
-        import torch
-
-        tile_h, tile_w = self.jpeg.tile_hw
-        constant = self._constants[:, None, None, :].expand(2, tile_h, tile_w, 3)
-        parts = [constant] if self._decoded is None else [self._decoded, constant]
-        return torch.cat(parts).reshape(-1, 3)
-
     def _gather_index(self, rows: np.ndarray, cols: np.ndarray):
-        """(b, out, out) indices into :meth:`_pixels` for the level pixels ``rows`` x ``cols``.
+        """(b, out, out) indices into the decoded pixels for the level pixels ``rows`` x ``cols``.
 
         Decodes the JPEG tiles the boxes need that the previous batch did not.
         """
@@ -205,17 +197,14 @@ class JpegBatchReader:
         keys = keys[self.jpeg.stored.ravel()[keys]] if len(keys) else keys
         self._decode_keys(keys)
 
-        # slot of each (grid row, grid col); grid row/col index grid_h (grid_w) stands for WHITE
-        # and grid_h + 1 (grid_w + 1) for BACKGROUND; tiles not stored are white
+        # slot of each (grid row, grid col): its place in self._decoded; grid row (col) grid_h
+        # (grid_w) stands for WHITE, grid_h + 1 (grid_w + 1) for BACKGROUND; white wins over
+        # background, and tiles not stored are white
         white, background = len(keys), len(keys) + 1
-        stored_slot = np.full(grid_h * grid_w, white, dtype=np.int64)
-        stored_slot[keys] = np.arange(len(keys))
         slot = np.full((grid_h + 2, grid_w + 2), white, dtype=np.int32)
-        slot[:grid_h, :grid_w] = stored_slot.reshape(grid_h, grid_w)
-        slot[grid_h + 1, : grid_w + 1] = background
-        slot[: grid_h + 1, grid_w + 1] = background
-        slot[grid_h + 1, grid_w + 1] = background
-        slot[grid_h, :] = slot[:, grid_w] = white  # white wins over background
+        slot[keys // grid_w, keys % grid_w] = np.arange(len(keys))
+        slot[grid_h + 1, :] = slot[:, grid_w + 1] = background
+        slot[grid_h, :] = slot[:, grid_w] = white
 
         def cell_and_offset(source, tile_len, grid_len):  # WHITE -> grid_len, BACKGROUND -> + 1
             cell = np.where(source >= 0, source // tile_len, grid_len - 1 - source).astype(np.int32)
@@ -232,37 +221,32 @@ class JpegBatchReader:
         return (slots * tile_h + row_offset[:, :, None]) * tile_w + col_offset[:, None, :]
 
     def _decode_keys(self, keys: np.ndarray) -> None:
-        """Make ``self._decoded`` hold the tiles of ``keys`` in that order, reusing decoded ones."""
+        """Make ``self._decoded`` hold the tiles of ``keys`` (sorted) in that order, then a white
+        and a background tile; tiles the previous batch decoded are copied, not decoded again."""
         import torch
 
-        grid_w = self.jpeg.grid_hw[1]
-        previous = {int(k): i for i, k in enumerate(self._decoded_keys)}
-        missing = [int(k) for k in keys if int(k) not in previous]
-        parts, order = [], []
-        if missing:
-            streams = [self.jpeg.stream(*divmod(k, grid_w)) for k in missing]
-            fresh = self.decode(streams)
-            tile_hw = tuple(fresh.shape[1:3])
-            if tile_hw != self.jpeg.tile_hw or fresh.shape[3] != 3:
+        tile_h, tile_w = self.jpeg.tile_hw
+        decoded = torch.empty(
+            (len(keys) + 2, tile_h, tile_w, 3), dtype=torch.uint8, device=self.device
+        )
+        decoded[len(keys) :] = self._constants[:, None, None, :]
+        reused = np.isin(keys, self._decoded_keys)
+        if reused.any():
+            previous = np.searchsorted(self._decoded_keys, keys[reused])
+            decoded[torch.as_tensor(np.flatnonzero(reused), device=self.device)] = self._decoded[
+                torch.as_tensor(previous, device=self.device)
+            ]
+        missing = keys[~reused]
+        if len(missing):
+            grid_w = self.jpeg.grid_hw[1]
+            fresh = self.decode([self.jpeg.stream(*divmod(int(k), grid_w)) for k in missing])
+            if tuple(fresh.shape[1:]) != (tile_h, tile_w, 3):
                 raise ValueError(
                     f"{self.slide.path}: decoded JPEG tiles of level {self.geometry.level} are "
-                    f"{tuple(fresh.shape[1:])}, not {(*self.jpeg.tile_hw, 3)}"
+                    f"{tuple(fresh.shape[1:])}, not {(tile_h, tile_w, 3)}"
                 )
-            parts.append(fresh)
-            order += missing
-        reused = [k for k in (int(k) for k in keys) if k in previous]
-        if reused:
-            index = torch.as_tensor([previous[k] for k in reused], device=self.device)
-            parts.append(self._decoded.index_select(0, index))
-            order += reused
-        if not parts:
-            self._decoded, self._decoded_keys = None, np.zeros(0, dtype=np.int64)
-            return
-        decoded = torch.cat(parts) if len(parts) > 1 else parts[0]
-        position = np.argsort(np.asarray(order, dtype=np.int64))  # back to the order of keys
-        if not np.array_equal(position, np.arange(len(position))):
-            decoded = decoded.index_select(0, torch.as_tensor(position, device=self.device))
-        self._decoded, self._decoded_keys = decoded.contiguous(), keys
+            decoded[torch.as_tensor(np.flatnonzero(~reused), device=self.device)] = fresh
+        self._decoded, self._decoded_keys = decoded, keys
 
 
 #: per slide: {(level, device): why nvJPEG cannot be used there, or None when it can}
@@ -274,8 +258,9 @@ def tile_reader_for(slide, geometry, device, decoder: str = "auto"):
 
     ``decoder``: "auto" (nvJPEG when the device is CUDA, torchvision is installed, the level is
     stored as YCbCr JPEG tiles and nvJPEG gives the slide reader's pixels on the check tile;
-    otherwise the CPU), "cpu" (:class:`SlideTileReader`), or "nvjpeg" (raises ValueError if it
-    cannot be used). The check runs once per slide, level and device.
+    otherwise the CPU), "cpu" (:class:`SlideTileReader`), or "nvjpeg" (raises
+    BackendUnavailableError, with the reason, if it cannot be used). The check runs once per
+    slide, level and device.
     """
     import torch
 

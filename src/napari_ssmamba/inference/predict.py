@@ -197,7 +197,6 @@ class _BatchReader:
     """
 
     def __init__(self, read_tile, boxes_l0, batch_size, num_readers, pin, device, batched, depth=2):
-
         self._read_tile, self._boxes = read_tile, boxes_l0
         self._batch_size, self._pin, self._batched = batch_size, pin, batched
         self._stream = _reader_stream(device) if batched and device.type == "cuda" else None
@@ -294,8 +293,9 @@ def predict_tiles(
     ``read_tile(box)`` returns the (tile_size, tile_size, 3) uint8 tile of a level-0 box, e.g. a
     :class:`SlideTileReader`; with ``batched=True``, ``read_tile(boxes)`` returns the batch of
     tiles of those boxes as a uint8 tensor, e.g. a
-    :class:`~napari_ssmamba.inference.jpeg_batches.JpegBatchReader`. ``progress(done, total, message)`` is called after each batch and
-    ``cancel`` (a ``threading.Event``) is checked between batches; a cancelled run raises
+    :class:`~napari_ssmamba.inference.jpeg_batches.JpegBatchReader`.
+    ``progress(done, total, message)`` is called after each batch and ``cancel`` (a
+    ``threading.Event``) is checked between batches; a cancelled run raises
     :class:`~napari_ssmamba.errors.CancelledError`.
     """
     import torch

@@ -280,8 +280,7 @@ class Slide(abc.ABC):
         For decoders that take whole streams in batches, such as nvJPEG on the GPU.
         """
         self._check_open()
-        jpeg_tiles = getattr(self._readers[level], "jpeg_tiles", None)
-        return jpeg_tiles() if jpeg_tiles is not None else None
+        return getattr(self._readers[level], "jpeg_tiles", None)
 
     def read_region(self, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
         """Read an (h, w, c) region of ``level`` whose top-left corner is (y, x) in level-0 px.

@@ -8,6 +8,7 @@ them into arrays, and decoded segments live in the slide's bounded tile cache.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import threading
@@ -73,8 +74,9 @@ class JpegTiles:
     """The JPEG tiles of one pyramid level as whole JPEG streams, for batch decoders (nvJPEG).
 
     ``colorspace`` is what the three JPEG components hold: "YCbCr" (decode to RGB as usual) or
-    "RGB" (as in Aperio SVS: the components are R, G, B; decode without colour conversion). Tiles at the
-    right and bottom edges are stored full size; their pixels past the level's edge are padding.
+    "RGB" (as in Aperio SVS: the components are R, G, B; decode without colour conversion).
+    Tiles at the right and bottom edges are stored full size; their pixels past the level's edge
+    are padding.
     """
 
     def __init__(self, path: Path, level: int, page, shape_hw: tuple[int, int],
@@ -157,13 +159,9 @@ class _TiffLevel(LevelReader):
         # channels in separate pages are read apart, so a viewer showing one decodes one
         return self._planes[0].channels if len(self._planes) > 1 else self.shape[2]
 
+    @functools.cached_property
     def jpeg_tiles(self) -> JpegTiles | None:
         """This level's tiles as JPEG streams when it is one tiled 8-bit RGB JPEG page, else None."""
-        if not hasattr(self, "_jpeg_tiles"):
-            self._jpeg_tiles = self._find_jpeg_tiles()
-        return self._jpeg_tiles
-
-    def _find_jpeg_tiles(self) -> JpegTiles | None:
         page = self._planes[0].page
         keyframe = page.keyframe
         if (len(self._planes) != 1 or not self._tiled or keyframe.compression != 7
