@@ -21,22 +21,28 @@ def _run(qtbot, widget):
     qtbot.waitUntil(lambda: widget._worker is None, timeout=5_000)
 
 
-def test_classify_rectangle_roi_layers_aligned(qtbot, viewer_with_sample, small_checkpoint):
+def _classify_rois_layer(qtbot, viewer, checkpoint):
+    """A Classify widget run on the "ROIs" layer with ``checkpoint`` on the CPU."""
     from napari_ssmamba.gui.classify_widget import ClassifyWidget
 
+    widget = ClassifyWidget(viewer)
+    qtbot.addWidget(widget)
+    widget.roi_combo.setCurrentText("ROIs")
+    widget.model_combo.setCurrentText("Checkpoint file")
+    widget.model_path.setText(str(checkpoint))
+    widget.device_combo.setCurrentText("cpu")
+    _run(qtbot, widget)
+    return widget
+
+
+def test_classify_rectangle_roi_layers_aligned(qtbot, viewer_with_sample, small_checkpoint):
     viewer = viewer_with_sample
     slide_layer = viewer.layers[0]
     mpp = np.asarray(slide_layer.scale[-2:])
     # a rectangle over tissue, level-0 px (y, x)
     roi = np.array([[800, 700], [800, 1500], [1600, 1500], [1600, 700]], float)
     shapes = viewer.add_shapes([roi], shape_type="rectangle", name="ROIs", scale=mpp)
-    widget = ClassifyWidget(viewer)
-    qtbot.addWidget(widget)
-    widget.roi_combo.setCurrentText("ROIs")
-    widget.model_combo.setCurrentText("Checkpoint file")
-    widget.model_path.setText(str(small_checkpoint))
-    widget.device_combo.setCurrentText("cpu")
-    _run(qtbot, widget)
+    widget = _classify_rois_layer(qtbot, viewer, small_checkpoint)
 
     result = widget.result
     assert result is not None and len(result.rois) == 1
@@ -66,8 +72,6 @@ def test_classify_rectangle_roi_layers_aligned(qtbot, viewer_with_sample, small_
 
 
 def test_screenshot_overlay_where_it_must_be(qtbot, viewer_with_sample, small_checkpoint):
-    from napari_ssmamba.gui.classify_widget import ClassifyWidget
-
     viewer = viewer_with_sample
     slide_layer = viewer.layers[0]
     mpp = np.asarray(slide_layer.scale[-2:])
@@ -80,13 +84,7 @@ def test_screenshot_overlay_where_it_must_be(qtbot, viewer_with_sample, small_ch
         edge_width=0,
         face_color="transparent",
     )
-    widget = ClassifyWidget(viewer)
-    qtbot.addWidget(widget)
-    widget.roi_combo.setCurrentText("ROIs")
-    widget.model_combo.setCurrentText("Checkpoint file")
-    widget.model_path.setText(str(small_checkpoint))
-    widget.device_combo.setCurrentText("cpu")
-    _run(qtbot, widget)
+    widget = _classify_rois_layer(qtbot, viewer, small_checkpoint)
 
     labels = viewer.layers[f"{slide_layer.name} [classes]"]
     labels.opacity = 1.0
