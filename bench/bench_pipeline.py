@@ -4,14 +4,18 @@ For an ROI (default 2 mm x 2 mm, centred on the tissue) and, optionally, the who
 
 - pipeline:   ``classify_slide`` end to end; tiles/s over its prediction phase (reading, decoding,
               normalising and the model, overlapped), and over the whole call (tissue mask, tiling,
-              maps). On CUDA twice: tiles decoded by nvJPEG on the GPU (``decoder="auto"``, the
-              default) and by the CPU reader threads (``decoder="cpu"``);
+              maps). On CUDA also: tiles decoded by the CPU reader threads box by box
+              (``decoder="cpu"``) or JPEG tile by JPEG tile in batches (``"libjpeg"``, what
+              Aperio slides get) instead of nvJPEG on the GPU (the default); the model run
+              eagerly instead of from CUDA graphs (``_eager``);
 - model only: the same model on the same tiles, read beforehand: from pinned host memory (what the
-              pipeline replaces) and, on CUDA, already on the GPU (the strict ceiling);
+              pipeline replaces) and, on CUDA, already on the GPU (the strict ceiling); on CUDA
+              from CUDA graphs as the pipeline runs it, and eagerly (``_eager``);
 - baseline:   ``openslide.read_region`` + PIL resize in a ``torch.utils.data.DataLoader``, CPU
               normalisation, then the same model;
 - click to result (CUDA): what the Classify widget's worker does after Run, without napari: load
-              the checkpoint, classify the ROI with LPR attention maps;
+              the checkpoint (first Run only: the widget keeps its models), classify the ROI with
+              LPR attention maps; the first Run also captures the CUDA graphs;
 - with --gui: seconds from clicking Run in the Classify widget to the class map on the canvas
               (the widget also computes the LPR attention map), split into the worker's part and
               napari's (adding the layers and drawing them).
@@ -61,7 +65,17 @@ def roi_around_tissue(slide, side_mm: float):
     return shapely.box(x0, y0, min(x0 + side_x, width), min(y0 + side_y, height))
 
 
-def time_pipeline(slide, model, card, rois, device, batch_size, attention, decoder="auto"):
+def time_pipeline(
+    slide,
+    model,
+    card,
+    rois,
+    device,
+    batch_size,
+    attention,
+    decoder="auto",
+    cuda_graphs=True,
+):
     from napari_ssmamba.inference import classify_slide
 
     _sync(device)
@@ -75,14 +89,20 @@ def time_pipeline(slide, model, card, rois, device, batch_size, attention, decod
         batch_size=batch_size,
         attention=attention,
         decoder=decoder,
+        cuda_graphs=cuda_graphs,
     )
     _sync(device)
     total = time.perf_counter() - start
     return result, total
 
 
-def time_model_only(slide, model, card, result, device, batch_size, attention, on_device=False):
-    """The model on the result's tiles, read first into (pinned) host memory or onto the device."""
+def time_model_only(
+    slide, model, card, result, device, batch_size, attention, on_device=False, cuda_graphs=True
+):
+    """The model on the result's tiles, read first into (pinned) host memory or onto the device.
+
+    The CUDA graphs for the batch sizes are captured before the clock starts, as the pipeline does.
+    """
     import torch
 
     from napari_ssmamba.inference.predict import SlideTileReader, TileClassifier
@@ -91,7 +111,11 @@ def time_model_only(slide, model, card, result, device, batch_size, attention, o
     tiles = torch.from_numpy(np.stack([reader(box) for box in result.tile_boxes_l0]))
     if device.type == "cuda":
         tiles = tiles.to(device) if on_device else tiles.pin_memory()
-    classify = TileClassifier(model, card, device, attention=attention)
+    classify = TileClassifier(model, card, device, attention, cuda_graphs)
+    classify.prepare(
+        {len(tiles[i : i + batch_size]) for i in range(0, len(tiles), batch_size)},
+        tuple(tiles.shape[1:3]),
+    )
     _sync(device)
     start = time.perf_counter()
     for i in range(0, len(tiles), batch_size):
@@ -201,8 +225,11 @@ def time_baseline(slide_path, model, card, result, device, batch_size, num_worke
     return time.perf_counter() - start
 
 
-def time_click_to_result(slide_path, checkpoint, roi, device) -> dict:
-    """What the Classify widget's worker does after Run, without napari (see ``time_gui``)."""
+def time_click_to_result(slide_path, checkpoint, roi, device, loaded_model=None) -> dict:
+    """What the Classify widget's worker does after Run, without napari (see ``time_gui``).
+
+    ``loaded_model``: the (model, card) a previous Run loaded, which the widget keeps.
+    """
     from napari_ssmamba.inference import ClassificationCache, classify_slide
     from napari_ssmamba.model import load_checkpoint
     from napari_ssmamba.slide import open_slide
@@ -210,7 +237,7 @@ def time_click_to_result(slide_path, checkpoint, roi, device) -> dict:
     with open_slide(slide_path) as slide:  # the viewer has the slide open already
         _sync(device)
         start = time.perf_counter()
-        model, card = load_checkpoint(checkpoint, device="cpu")
+        model, card = loaded_model or load_checkpoint(checkpoint, device="cpu")
         loaded = time.perf_counter()
         result = classify_slide(
             slide, model, card, rois=[roi], device=str(device), cache=ClassificationCache()
@@ -223,7 +250,9 @@ def time_click_to_result(slide_path, checkpoint, roi, device) -> dict:
         "classify_s": end - loaded,
         "tiles": result.n_tiles,
         "tile_decoder": result.parameters["tile_decoder"],
+        "cuda_graphs": result.parameters["cuda_graphs"],
         "timings_s": result.timings,
+        "model": (model, card),
     }
 
 
@@ -293,7 +322,14 @@ def run_case(
     """Time each way ``repeats`` times, interleaved, and keep each one's best time."""
     ways = ["pipeline", "model_only", "baseline"]
     if device.type == "cuda":
-        ways[1:1] = ["pipeline_cpu_decode", "model_only_on_device", "nvjpeg_reader_only"]
+        ways[1:1] = [
+            "pipeline_eager",
+            "pipeline_cpu_decode",
+            "pipeline_libjpeg",
+            "model_only_eager",
+            "model_only_on_device",
+            "nvjpeg_reader_only",
+        ]
     best = {way: np.inf for way in ways}
     best_total = {way: np.inf for way in ways if way.startswith("pipeline")}
     decoders, timings = {}, {}
@@ -301,9 +337,18 @@ def run_case(
         for way in ways:
             print(f"[{name}] round {repeat + 1}/{repeats}: {way} ...", file=sys.stderr, flush=True)
             if way.startswith("pipeline"):
-                decoder = "cpu" if way == "pipeline_cpu_decode" else "auto"
                 result, total = time_pipeline(
-                    slide, model, card, rois, device, batch_size, attention, decoder
+                    slide,
+                    model,
+                    card,
+                    rois,
+                    device,
+                    batch_size,
+                    attention,
+                    decoder={"pipeline_cpu_decode": "cpu", "pipeline_libjpeg": "libjpeg"}.get(
+                        way, "auto"
+                    ),
+                    cuda_graphs=way != "pipeline_eager",
                 )
                 best[way] = min(best[way], result.timings["predict_s"])
                 best_total[way] = min(best_total[way], total)
@@ -323,6 +368,7 @@ def run_case(
                     batch_size,
                     attention,
                     on_device=way == "model_only_on_device",
+                    cuda_graphs=way != "model_only_eager",
                 )
                 best[way] = min(best[way], seconds)
             else:
@@ -352,6 +398,14 @@ def run_case(
                 / best["pipeline_cpu_decode"],
                 "nvjpeg_vs_cpu_decode": best["pipeline_cpu_decode"] / best["pipeline"],
                 "nvjpeg_reader_only_tiles_per_s": n / best["nvjpeg_reader_only"],
+                "cuda_graphs": result.parameters["cuda_graphs"],
+                "pipeline_libjpeg_tiles_per_s": n / best["pipeline_libjpeg"],
+                "pipeline_libjpeg_vs_model_only": best["model_only"] / best["pipeline_libjpeg"],
+                "libjpeg_vs_cpu_decode": best["pipeline_cpu_decode"] / best["pipeline_libjpeg"],
+                "pipeline_eager_vs_model_only_eager": best["model_only_eager"]
+                / best["pipeline_eager"],
+                "graphs_vs_eager_model_only": best["model_only_eager"] / best["model_only"],
+                "graphs_vs_eager_pipeline": best["pipeline_eager"] / best["pipeline"],
             }
         )
     case.update(
@@ -523,8 +577,10 @@ def main(argv=None) -> int:
             print(f"[{label}] click to result ...", file=sys.stderr, flush=True)
             with tempfile.TemporaryDirectory() as tmp:
                 checkpoint = save_checkpoint(model, card, Path(tmp) / "model.safetensors")
+                first = time_click_to_result(args.slide, checkpoint, roi, device)
+                again = time_click_to_result(args.slide, checkpoint, roi, device, first["model"])
                 results["cases"][label]["click_to_result"] = [
-                    time_click_to_result(args.slide, checkpoint, roi, device) for _ in range(2)
+                    {k: v for k, v in click.items() if k != "model"} for click in (first, again)
                 ]
         if whole:
             results["cases"]["whole_slide"] = run_case(

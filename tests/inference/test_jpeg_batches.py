@@ -11,13 +11,14 @@ import dataclasses
 
 import numpy as np
 import pytest
-import torch
+import shapely
 
 from napari_ssmamba.errors import BackendUnavailableError
 from napari_ssmamba.inference import classify_slide
 from napari_ssmamba.inference.jpeg_batches import (
     MAX_MEAN_DIFFERENCE,
     JpegBatchReader,
+    libjpeg_decoder,
     tile_reader_for,
 )
 from napari_ssmamba.inference.predict import SlideTileReader
@@ -25,20 +26,10 @@ from napari_ssmamba.inference.tiling import tile_geometry
 from napari_ssmamba.slide import open_slide
 
 
-def libjpeg_decoder(colorspace: str):
-    import imagecodecs
-
-    def decode(streams):
-        return torch.from_numpy(
-            np.stack(
-                [
-                    imagecodecs.jpeg8_decode(s, colorspace=colorspace.upper(), outcolorspace="RGB")
-                    for s in streams
-                ]
-            )
-        )
-
-    return decode
+def cpu_decoder(slide, geometry, colorspace=None):
+    """libjpeg-turbo for the level's JPEG tiles (``colorspace``: what the tiles are read as)."""
+    jpeg = slide.jpeg_tiles(geometry.level)
+    return libjpeg_decoder(colorspace or jpeg.colorspace, jpeg.tile_hw, "cpu")
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +67,7 @@ def boxes_over(slide, geometry, n=30, seed=0):
 
 def tiles_both_ways(slide, geometry, boxes, batch=12):
     expected = np.stack([SlideTileReader(slide, geometry)(box) for box in boxes])
-    colorspace = slide.jpeg_tiles(geometry.level).colorspace
-    reader = JpegBatchReader(slide, geometry, "cpu", decode=libjpeg_decoder(colorspace))
+    reader = JpegBatchReader(slide, geometry, "cpu", decode=cpu_decoder(slide, geometry))
     got = np.concatenate(
         [reader(boxes[i : i + batch]).numpy() for i in range(0, len(boxes), batch)]
     )
@@ -113,7 +103,9 @@ def test_ycbcr_pyramid_tiles_equal_the_slide_reader(ycbcr_pyramid, model_mpp):
 
 def test_a_tile_the_file_does_not_store_is_white(sample_slide):
     geometry = tile_geometry(sample_slide.mpp, sample_slide.level_downsamples, 224, 0.5)
-    reader = JpegBatchReader(sample_slide, geometry, "cpu", decode=libjpeg_decoder("RGB"))
+    reader = JpegBatchReader(
+        sample_slide, geometry, "cpu", decode=cpu_decoder(sample_slide, geometry)
+    )
     reader.jpeg._sizes[0] = 0  # tile (0, 0), as a sparse TIFF leaves it
     assert not reader.jpeg.stored[0, 0]
     tile = reader(np.array([[0, 0, 224, 224]])).numpy()[0]
@@ -125,7 +117,7 @@ def test_decoded_tiles_are_reused_by_the_next_batch(ycbcr_pyramid):
     with open_slide(ycbcr_pyramid) as slide:
         geometry = tile_geometry(slide.mpp, slide.level_downsamples, 224, 0.5)
         decoded = []
-        plain = libjpeg_decoder("YCbCr")
+        plain = cpu_decoder(slide, geometry)
 
         def counting(streams):
             decoded.append(len(streams))
@@ -140,9 +132,13 @@ def test_decoded_tiles_are_reused_by_the_next_batch(ycbcr_pyramid):
 
 def test_check_catches_a_decoder_that_gets_the_colours_wrong(sample_slide):
     geometry = tile_geometry(sample_slide.mpp, sample_slide.level_downsamples, 224, 0.5)
-    right = JpegBatchReader(sample_slide, geometry, "cpu", decode=libjpeg_decoder("RGB"))
+    right = JpegBatchReader(
+        sample_slide, geometry, "cpu", decode=cpu_decoder(sample_slide, geometry)
+    )
     # decoding Aperio's RGB components as YCbCr: what a decoder does unless told
-    wrong = JpegBatchReader(sample_slide, geometry, "cpu", decode=libjpeg_decoder("YCbCr"))
+    wrong = JpegBatchReader(
+        sample_slide, geometry, "cpu", decode=cpu_decoder(sample_slide, geometry, "YCbCr")
+    )
     assert right.check() == 0.0
     assert wrong.check() > 20
 
@@ -167,13 +163,27 @@ def test_classify_slide_says_which_decoder_it_used(sample_slide, small_model):
     assert result.parameters["tile_decoder"] == "cpu"
 
 
-def test_aperio_rgb_jpeg_is_left_to_the_cpu(sample_slide):
+def test_aperio_rgb_jpeg_is_not_for_nvjpeg(sample_slide):
     # nvJPEG colour-converts every three-component JPEG (seen on the H100), so RGB-coded tiles
-    # would come out false-coloured: the CPU reads them, and forcing nvJPEG says why not
+    # would come out false-coloured: forcing nvJPEG says why not ("auto" takes libjpeg there)
     geometry = tile_geometry(sample_slide.mpp, sample_slide.level_downsamples, 224, 0.5)
-    assert isinstance(tile_reader_for(sample_slide, geometry, "cuda"), SlideTileReader)
     with pytest.raises(BackendUnavailableError, match="YCbCr JPEG tiles only"):
         tile_reader_for(sample_slide, geometry, "cuda", decoder="nvjpeg")
+
+
+def test_libjpeg_in_batches_gives_the_cpu_readers_answer(sample_slide, small_model, slides_dir):
+    model, card = small_model
+    card = dataclasses.replace(card, mpp=0.5)  # 64 px tiles from level 0, the one stored level
+    roi = [shapely.box(600, 600, 1400, 1400)]
+    batched = classify_slide(sample_slide, model, card, roi, device="cpu", decoder="libjpeg")
+    boxwise = classify_slide(sample_slide, model, card, roi, device="cpu", decoder="cpu")
+    assert batched.parameters["tile_decoder"] == "libjpeg"
+    np.testing.assert_array_equal(batched.tile_boxes_l0, boxwise.tile_boxes_l0)
+    np.testing.assert_allclose(batched.tile_probabilities, boxwise.tile_probabilities, atol=1e-3)
+    with open_slide(slides_dir / "kidney-48-5.tif", mpp=0.5) as striped:
+        geometry = tile_geometry(striped.mpp, striped.level_downsamples, 224, 0.5)
+        with pytest.raises(BackendUnavailableError, match="not stored as JPEG tiles"):
+            tile_reader_for(striped, geometry, "cpu", decoder="libjpeg")
 
 
 @pytest.mark.gpu
@@ -203,3 +213,23 @@ def test_classify_slide_on_the_gpu_gives_the_cpu_decoders_answer(ycbcr_pyramid, 
     assert gpu.parameters["tile_decoder"] == "nvjpeg"
     np.testing.assert_array_equal(gpu.tile_boxes_l0, cpu.tile_boxes_l0)
     np.testing.assert_allclose(gpu.tile_probabilities, cpu.tile_probabilities, atol=0.05)
+
+
+@pytest.mark.gpu
+def test_libjpeg_tiles_reach_the_gpu_unchanged(sample_slide):
+    geometry = tile_geometry(sample_slide.mpp, sample_slide.level_downsamples, 224, 0.5)
+    assert tile_reader_for(sample_slide, geometry, "cuda").decoder == "libjpeg"  # RGB-coded JPEG
+    boxes = boxes_over(sample_slide, geometry)
+    on_cpu = JpegBatchReader(
+        sample_slide, geometry, "cpu", decode=cpu_decoder(sample_slide, geometry)
+    )
+    jpeg = sample_slide.jpeg_tiles(geometry.level)
+    on_gpu = JpegBatchReader(
+        sample_slide,
+        geometry,
+        "cuda",
+        decode=libjpeg_decoder(jpeg.colorspace, jpeg.tile_hw, "cuda"),
+    )
+    got = on_gpu(boxes)
+    assert got.is_cuda
+    np.testing.assert_array_equal(got.cpu().numpy(), on_cpu(boxes).numpy())

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from napari_ssmamba.inference.jpeg_batches import DECODERS
+
 
 class MppType(click.ParamType):
     """µm per pixel: one number (square pixels) or ``Y,X``."""
@@ -71,11 +73,12 @@ class MppType(click.ParamType):
 )
 @click.option(
     "--decoder",
-    type=click.Choice(["auto", "cpu", "nvjpeg"]),
+    type=click.Choice(list(DECODERS)),
     default="auto",
     show_default=True,
-    help="Who decodes the slide's JPEG tiles: auto (nvJPEG on CUDA where it gives the CPU's "
-    "pixels, else the CPU), cpu, or nvjpeg (fail if it cannot be used).",
+    help="Who decodes the slide's JPEG tiles: auto (on CUDA nvJPEG where it gives the CPU's "
+    "pixels, else libjpeg in batches; on the CPU box by box), cpu (box by box), or nvjpeg or "
+    "libjpeg (fail if it cannot be used).",
 )
 def classify(
     slide: Path,

@@ -88,14 +88,17 @@ def classify_slide(
     min_tissue_fraction: float = MIN_TISSUE_FRACTION,
     cache: ClassificationCache | None = None,
     decoder: str = "auto",
+    cuda_graphs: bool = True,
 ) -> ClassificationResult:
     """Classify ``rois`` (Annotations or shapely geometries in level-0 px; None: the whole tissue).
 
     ``stride`` is in model pixels (default: the tile size, no overlap). ``progress`` and ``cancel``
     follow :mod:`napari_ssmamba.progress`. With a ``cache``, ROIs seen before with the same model and
-    parameters are not predicted again. ``decoder`` picks how tiles are decoded: "auto" (nvJPEG on
-    CUDA where the slide allows, else the CPU), "cpu" or "nvjpeg" (see
-    :func:`~napari_ssmamba.inference.jpeg_batches.tile_reader_for`).
+    parameters are not predicted again. ``decoder`` picks how tiles are decoded: "auto" (on CUDA
+    nvJPEG where the slide allows, else libjpeg in batches; the CPU reader on the CPU), "cpu",
+    "nvjpeg" or "libjpeg" (see
+    :func:`~napari_ssmamba.inference.jpeg_batches.tile_reader_for`). On CUDA the model runs from
+    CUDA graphs unless ``cuda_graphs`` is False.
     """
     from napari_ssmamba.inference.jpeg_batches import JpegBatchReader, tile_reader_for
     from napari_ssmamba.inference.predict import predict_tiles, resolve_device
@@ -158,6 +161,7 @@ def classify_slide(
         progress=progress,
         cancel=cancel,
         batched=batched,
+        cuda_graphs=cuda_graphs,
     )
     timings["predict_s"] = time.perf_counter() - t_predict
     new_tiles = _split_by_roi(plan, predictions)
@@ -195,7 +199,8 @@ def classify_slide(
         "min_tissue_fraction": min_tissue_fraction,
         "device": str(device),
         "batch_size": predictions.batch_size,
-        "tile_decoder": "nvjpeg" if batched else "cpu",
+        "tile_decoder": reader.decoder if batched else "cpu",
+        "cuda_graphs": predictions.cuda_graphs,
         "rois": "whole tissue" if whole_tissue else len(roi_list),
         "rois_predicted": len(todo) if not whole_tissue else 1,
     }

@@ -1,11 +1,12 @@
-"""Model tiles cut from a slide level's own JPEG tiles, decoded in batches on the GPU (nvJPEG).
+"""Model tiles cut from a slide level's own JPEG tiles, decoded in batches (nvJPEG or libjpeg).
 
-Reading through OpenSlide or tifffile decodes every JPEG tile on the CPU, and on a GPU host that,
-not the model, bounds throughput. Here, for each batch of model tiles, the JPEG tiles they cover
-are read as compressed bytes and decoded together on the device
-(``torchvision.io.decode_jpeg(device="cuda")``); the model tiles are then gathered from the
-decoded tiles on the device and resampled there when the level is not at the model's resolution.
-JPEG tiles shared with the previous batch are not decoded again.
+Reading box by box through OpenSlide or tifffile decodes JPEG tiles again for every box that
+touches them and resamples each box on the CPU; on a GPU host that, not the model, bounds
+throughput. Here, for each batch of model tiles, the JPEG tiles they cover are read as compressed
+bytes and decoded once: on the GPU by nvJPEG (``torchvision.io.decode_jpeg(device="cuda")``), or
+by libjpeg-turbo in a pool of CPU threads and copied to the device without blocking. The model
+tiles are then gathered from the decoded tiles on the device and resampled there when the level is
+not at the model's resolution. JPEG tiles shared with the previous batch are not decoded again.
 
 The boxes, padding and resampling rules are those of
 :class:`~napari_ssmamba.inference.predict.SlideTileReader`: outside the slide is white, past the
@@ -17,8 +18,10 @@ rounding); :meth:`JpegBatchReader.check` measures that difference on a tile of t
 from __future__ import annotations
 
 import logging
+import os
 import weakref
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -31,7 +34,10 @@ logger = logging.getLogger(__name__)
 #: of the benchmark slide, H100); a wrong colour space differs by about 50.
 MAX_MEAN_DIFFERENCE = 10.0
 #: the tile decoders :func:`tile_reader_for` chooses from
-DECODERS = ("auto", "cpu", "nvjpeg")
+DECODERS = ("auto", "cpu", "nvjpeg", "libjpeg")
+#: threads of the libjpeg decoder
+DECODER_THREADS = min(16, os.cpu_count() or 1)
+_pool = None
 
 
 def nvjpeg_decoder(colorspace: str, device) -> Callable:
@@ -50,6 +56,40 @@ def nvjpeg_decoder(colorspace: str, device) -> Callable:
         data = [torch.frombuffer(bytearray(s), dtype=torch.uint8) for s in streams]
         images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
         return torch.stack(images).permute(0, 2, 3, 1)
+
+    return decode
+
+
+def libjpeg_decoder(colorspace: str, tile_hw, device) -> Callable:
+    """A function decoding a list of JPEG streams with libjpeg-turbo (imagecodecs) on the CPU.
+
+    Tiles are decoded by a pool of :data:`DECODER_THREADS` threads (the codec releases the
+    interpreter) into one (n, h, w, 3) uint8 buffer, pinned on CUDA and copied to ``device``
+    without blocking: the copy engine moves it while the GPU computes. Any JPEG colour space
+    libjpeg reads is accepted (RGB-coded Aperio tiles too).
+    """
+    import imagecodecs
+    import torch
+
+    global _pool
+    device = torch.device(device)
+    if _pool is None:
+        _pool = ThreadPoolExecutor(DECODER_THREADS, "jpeg-decoder")
+    pool = _pool
+
+    def decode(streams: list[bytes]):
+        out = torch.empty(
+            (len(streams), *tile_hw, 3), dtype=torch.uint8, pin_memory=device.type == "cuda"
+        )
+        array = out.numpy()
+
+        def decode_one(i):
+            imagecodecs.jpeg8_decode(
+                streams[i], colorspace=colorspace.upper(), outcolorspace="RGB", out=array[i]
+            )
+
+        list(pool.map(decode_one, range(len(streams))))
+        return out.to(device, non_blocking=True)
 
     return decode
 
@@ -112,12 +152,13 @@ def _cells_covered(rows: np.ndarray, cols: np.ndarray, tile_hw, grid_w: int) -> 
 class JpegBatchReader:
     """Batches of model tiles (uint8, (b, tile, tile, 3), on ``device``) for level-0 boxes.
 
-    ``decode`` turns a list of JPEG streams into an (n, h, w, 3) uint8 tensor on ``device``;
-    the default is :func:`nvjpeg_decoder`. Raises ValueError when the level the geometry reads is
-    not stored as JPEG tiles, or (with the default decoder) holds RGB-coded JPEG.
+    ``decode`` turns a list of JPEG streams into an (n, h, w, 3) uint8 tensor on ``device``:
+    "nvjpeg" (:func:`nvjpeg_decoder`, the default), "libjpeg" (:func:`libjpeg_decoder`) or a
+    function. Raises ValueError when the level the geometry reads is not stored as JPEG tiles, or
+    nvJPEG is asked to decode RGB-coded JPEG.
     """
 
-    def __init__(self, slide, geometry, device, decode: Callable | None = None):
+    def __init__(self, slide, geometry, device, decode: Callable | str = "nvjpeg"):
         import torch
 
         self.slide = slide
@@ -129,7 +170,15 @@ class JpegBatchReader:
                 f"{slide.path}: level {geometry.level} is not stored as JPEG tiles; read it "
                 "with SlideTileReader"
             )
-        self.decode = decode or nvjpeg_decoder(self.jpeg.colorspace, self.device)
+        #: the decoder's name, for run records
+        self.decoder = decode if isinstance(decode, str) else "custom"
+        if decode == "nvjpeg":
+            decode = nvjpeg_decoder(self.jpeg.colorspace, self.device)
+        elif decode == "libjpeg":
+            decode = libjpeg_decoder(self.jpeg.colorspace, self.jpeg.tile_hw, self.device)
+        elif isinstance(decode, str):
+            raise ValueError(f"decode must be 'nvjpeg', 'libjpeg' or a function, not {decode!r}")
+        self.decode = decode
         background = np.asarray(slide.background, dtype=np.uint8)[:3]
         self._constants = torch.tensor(
             np.stack([np.full(3, 255, np.uint8), background]), device=self.device
@@ -254,13 +303,16 @@ _checked: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def tile_reader_for(slide, geometry, device, decoder: str = "auto"):
-    """The tile reader ``predict_tiles`` should use: batched nvJPEG on CUDA where it applies.
+    """The tile reader ``predict_tiles`` should use: batched nvJPEG or libjpeg where they apply.
 
-    ``decoder``: "auto" (nvJPEG when the device is CUDA, torchvision is installed, the level is
-    stored as YCbCr JPEG tiles and nvJPEG gives the slide reader's pixels on the check tile;
-    otherwise the CPU), "cpu" (:class:`SlideTileReader`), or "nvjpeg" (raises
-    BackendUnavailableError, with the reason, if it cannot be used). The check runs once per
-    slide, level and device.
+    ``decoder``:
+
+    - "auto": on CUDA, nvJPEG when torchvision is installed, the level is stored as YCbCr JPEG
+      tiles and nvJPEG gives the slide reader's pixels on the check tile (checked once per slide,
+      level and device); else libjpeg when the level is stored as JPEG tiles (Aperio's RGB-coded
+      ones too); else the CPU reader. On the CPU: the CPU reader.
+    - "cpu": :class:`SlideTileReader`, box by box in reader threads.
+    - "nvjpeg" or "libjpeg": that decoder, or BackendUnavailableError with the reason.
     """
     import torch
 
@@ -271,28 +323,36 @@ def tile_reader_for(slide, geometry, device, decoder: str = "auto"):
     device = torch.device(device)
     if decoder == "cpu" or (decoder == "auto" and device.type != "cuda"):
         return SlideTileReader(slide, geometry)
-    if device.type != "cuda":
-        reason = f"nvJPEG decodes on CUDA devices, not {device}"
-    else:
-        checked = _checked.setdefault(slide, {})
-        if (geometry.level, device) not in checked:
-            checked[geometry.level, device] = _why_not_nvjpeg(slide, geometry, device)
-        reason = checked[geometry.level, device]
-        if reason is None:
-            return JpegBatchReader(slide, geometry, device)
-    if decoder == "nvjpeg":
+    if decoder in ("auto", "nvjpeg"):
+        if device.type != "cuda":
+            reason = f"nvJPEG decodes on CUDA devices, not {device}"
+        else:
+            checked = _checked.setdefault(slide, {})
+            if (geometry.level, device) not in checked:
+                checked[geometry.level, device] = _why_not_nvjpeg(slide, geometry, device)
+            reason = checked[geometry.level, device]
+            if reason is None:
+                return JpegBatchReader(slide, geometry, device, "nvjpeg")
+        if decoder == "nvjpeg":
+            raise BackendUnavailableError(
+                f"{slide.path}: cannot decode tiles with nvJPEG: {reason}. Use decoder 'auto' "
+                "(nvJPEG where it can be used, else libjpeg or the CPU reader) or 'cpu'."
+            )
+        logger.info("%s: not decoding tiles with nvJPEG: %s", slide.path, reason)
+    if slide.jpeg_tiles(geometry.level) is not None:
+        return JpegBatchReader(slide, geometry, device, "libjpeg")
+    if decoder == "libjpeg":
         raise BackendUnavailableError(
-            f"{slide.path}: cannot decode tiles with nvJPEG: {reason}. Use decoder 'auto' (nvJPEG "
-            "where it can be used, else the CPU) or 'cpu'."
+            f"{slide.path}: level {geometry.level} is not stored as JPEG tiles, so libjpeg cannot "
+            "decode them in batches. Use decoder 'auto' or 'cpu'."
         )
-    logger.info("%s: decoding tiles on the CPU: %s", slide.path, reason)
     return SlideTileReader(slide, geometry)
 
 
 def _why_not_nvjpeg(slide, geometry, device) -> str | None:
     """None when nvJPEG reads this level with the slide reader's pixels, else the reason."""
     try:
-        difference = JpegBatchReader(slide, geometry, device).check()
+        difference = JpegBatchReader(slide, geometry, device, "nvjpeg").check()
     except ImportError:
         return "torchvision is not installed (pip install torchvision)"
     except ValueError as error:

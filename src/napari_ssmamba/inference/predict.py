@@ -6,12 +6,14 @@ CUDA, slides stored as JPEG tiles are instead decoded in batches on the GPU
 (:mod:`~napari_ssmamba.inference.jpeg_batches`), on a stream of their own, also two batches ahead.
 Tiles are converted and normalised on the device, and results stay there until the end, so the
 GPU is fed without waiting for copies back.
-On CUDA the model runs under bf16 autocast. A ``torch.cuda.OutOfMemoryError`` halves the batch size
-and retries the same tiles instead of failing.
+On CUDA the model runs under bf16 autocast, replayed from CUDA graphs captured before the reader
+starts (:mod:`~napari_ssmamba.inference.graphs`). A ``torch.cuda.OutOfMemoryError`` halves the
+batch size and retries the same tiles instead of failing.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
@@ -35,11 +37,15 @@ CUDA_BATCH_SIZE = 256
 
 @dataclass
 class TilePredictions:
-    """Model outputs for ``n`` tiles: probabilities (n, classes) and attention maps (n, a, a) or None."""
+    """Model outputs for ``n`` tiles: probabilities (n, classes) and attention maps (n, a, a) or None.
+
+    ``cuda_graphs`` says whether the model ran from CUDA graphs.
+    """
 
     probabilities: np.ndarray
     attention: np.ndarray | None
     batch_size: int
+    cuda_graphs: bool = False
 
 
 def resolve_device(device: str = "auto"):
@@ -112,39 +118,68 @@ def _is_oom(error: BaseException) -> bool:
     return isinstance(error, torch.cuda.OutOfMemoryError)
 
 
-class TileClassifier:
-    """The device half of prediction: uint8 tiles in, probabilities and attention maps out."""
+def classify_tiles(model, tiles_uint8, mean, std, attention: bool):
+    """(b, h, w, 3) uint8 tiles on the model's device -> (probabilities, attention maps) or
+    (probabilities,): normalised on the device, bf16 autocast on CUDA."""
+    import torch
+    import torch.nn.functional as F
 
-    def __init__(self, model, card, device, attention: bool = True):
+    x = tiles_uint8.permute(0, 3, 1, 2).float().div_(255.0)  # (b, 3, h, w)
+    x = (x - mean) / std
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.is_cuda, cache_enabled=False)
+    with torch.inference_mode(), autocast:
+        if not attention:
+            return (model(x).float().softmax(dim=1),)
+        logits, lpr = model.forward_with_lpr(x)  # one backbone pass gives both
+        maps = F.adaptive_avg_pool2d(lpr.float().unsqueeze(1), ATTENTION_SIZE)[:, 0]
+        return logits.float().softmax(dim=1), maps
+
+
+class TileClassifier:
+    """The device half of prediction: uint8 tiles in, probabilities and attention maps out.
+
+    On CUDA the forward pass is replayed from CUDA graphs (:mod:`~napari_ssmamba.inference.graphs`)
+    unless ``cuda_graphs`` is False or a capture fails; then it runs eagerly.
+    """
+
+    def __init__(self, model, card, device, attention: bool = True, cuda_graphs: bool = True):
         import torch
+
+        from napari_ssmamba.inference.graphs import GraphedClassifier, graphed_classifier
 
         self.device = device
         self.model = model.to(device).eval()
         self.attention = attention
         self.mean = torch.tensor(card.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(card.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self.graphs = None
+        if cuda_graphs and device.type == "cuda":
+            settings = (str(device), attention, tuple(card.mean), tuple(card.std))
+            self.graphs = graphed_classifier(
+                self.model,
+                settings,
+                lambda: GraphedClassifier(
+                    functools.partial(classify_tiles, attention=attention),
+                    device,
+                    (self.mean.clone(), self.std.clone()),
+                ),
+            )
+
+    def prepare(self, batch_sizes, tile_hw) -> None:
+        """Capture the CUDA graphs for these batch sizes now, not during the run."""
+        if self.graphs is not None:
+            self.graphs.prepare(self.model, batch_sizes, tile_hw)
 
     def __call__(self, tiles_uint8):
         """(b, h, w, 3) uint8 tiles -> probabilities (b, classes) and attention (b, a, a) or None.
 
         Results stay on the device, so that the next batch can be queued before they are copied back.
         """
-        import torch
-        import torch.nn.functional as F
-
-        x = tiles_uint8.to(self.device, non_blocking=True)
-        x = x.permute(0, 3, 1, 2).float().div_(255.0)  # (b, 3, h, w)
-        x = (x - self.mean) / self.std
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
-        with torch.inference_mode(), autocast:
-            attention = None
-            if self.attention:  # one backbone pass gives both
-                logits, lpr = self.model.forward_with_lpr(x)
-                attention = F.adaptive_avg_pool2d(lpr.float().unsqueeze(1), ATTENTION_SIZE)[:, 0]
-            else:
-                logits = self.model(x)
-            probs = logits.float().softmax(dim=1)
-        return probs, attention
+        out = self.graphs(self.model, tiles_uint8) if self.graphs is not None else None
+        if out is None:
+            x = tiles_uint8.to(self.device, non_blocking=True)
+            out = classify_tiles(self.model, x, self.mean, self.std, self.attention)
+        return out[0], out[1] if self.attention else None
 
 
 def run_batches(classify: Callable, tiles, batch_size: int):
@@ -187,6 +222,15 @@ def _reader_stream(device):
     return _reader_streams[device]
 
 
+def batch_sizes(n: int, batch_size: int) -> list[int]:
+    """The sizes of the batches ``n`` tiles are read in: ``batch_size`` each, the last one smaller.
+
+    (A quarter-size first batch, to start the model sooner, measured slower with CUDA graphs in
+    7 of 8 runs on the H100: bench/results/pipeline_graphs_2026-11-23_h100_*.json.)
+    """
+    return [min(batch_size, n - start) for start in range(0, n, batch_size)]
+
+
 class _BatchReader:
     """A thread that makes the batches of tiles, queued ``depth`` ahead of the model.
 
@@ -196,9 +240,9 @@ class _BatchReader:
     batches are made on the CUDA device, on a stream of their own.
     """
 
-    def __init__(self, read_tile, boxes_l0, batch_size, num_readers, pin, device, batched, depth=2):
-        self._read_tile, self._boxes = read_tile, boxes_l0
-        self._batch_size, self._pin, self._batched = batch_size, pin, batched
+    def __init__(self, read_tile, boxes_l0, sizes, num_readers, pin, device, batched, depth=2):
+        self._read_tile, self._boxes, self._sizes = read_tile, boxes_l0, sizes
+        self._pin, self._batched = pin, batched
         self._stream = _reader_stream(device) if batched and device.type == "cuda" else None
         self._pool = (
             None
@@ -237,15 +281,12 @@ class _BatchReader:
 
     def _run(self) -> None:
         try:
-            # batches made on the device start with a quarter batch, so that the model starts
-            # sooner and the next batch is decoded while it runs
-            size = max(self._batch_size // 4, 1) if self._batched else self._batch_size
             start = 0
-            while start < len(self._boxes):
+            for size in self._sizes:
                 if self._stop.is_set():
                     return
                 batch = self._make_batch(self._boxes[start : start + size])
-                start, size = start + size, self._batch_size
+                start += size
                 if not self._put(batch):
                     return
             self._put(None)
@@ -287,6 +328,7 @@ def predict_tiles(
     progress=None,
     cancel=None,
     batched: bool = False,
+    cuda_graphs: bool = True,
 ) -> TilePredictions:
     """Class probabilities (and LPR attention maps) for every box, in the order given.
 
@@ -296,13 +338,14 @@ def predict_tiles(
     :class:`~napari_ssmamba.inference.jpeg_batches.JpegBatchReader`.
     ``progress(done, total, message)`` is called after each batch and ``cancel`` (a
     ``threading.Event``) is checked between batches; a cancelled run raises
-    :class:`~napari_ssmamba.errors.CancelledError`.
+    :class:`~napari_ssmamba.errors.CancelledError`. ``cuda_graphs=False`` runs the model eagerly
+    on CUDA too.
     """
     import torch
 
     progress = progress or no_progress
     torch_device = resolve_device(device)
-    classify = TileClassifier(model, card, torch_device, attention=attention)
+    classify = TileClassifier(model, card, torch_device, attention, cuda_graphs)
     batch_size = int(batch_size or default_batch_size(torch_device))
     n = len(boxes_l0)
     num_classes = len(card.class_names)
@@ -314,10 +357,12 @@ def predict_tiles(
             batch_size,
         )
     num_readers = num_readers or min(16, os.cpu_count() or 1)
+    sizes = batch_sizes(n, batch_size)
+    classify.prepare(sizes, (card.tile_size, card.tile_size))
     reader = _BatchReader(
         read_tile,
         boxes_l0,
-        batch_size,
+        sizes,
         num_readers,
         pin=torch_device.type == "cuda",
         device=torch_device,
@@ -342,4 +387,5 @@ def predict_tiles(
         torch.cat(probs).cpu().numpy().astype(np.float32),
         torch.cat(maps).cpu().numpy().astype(np.float32) if maps else None,
         batch_size,
+        classify.graphs is not None and classify.graphs.failure is None,
     )

@@ -1,0 +1,122 @@
+"""The classifier's forward pass replayed from CUDA graphs, one per batch-size bucket.
+
+An eager forward of SSMamba launches a few hundred kernels per batch, each from Python. While the
+tile reader's thread also needs the interpreter, those launches wait for it and the GPU idles. A
+captured graph launches a whole batch (conversion, normalisation, model, softmax, attention
+pooling) in one call. Batches are padded up to a bucket size (powers of two up to
+:data:`BUCKET_STEP`, then its multiples) so that a few graphs serve every batch; the padding rows
+hold whatever the previous batch left there and their outputs are dropped (every op of the model in
+eval mode is per sample).
+
+Graphs are kept per model, device and settings for the model's lifetime, and captured again when
+its parameters or buffers have moved (``model.to(...)`` and back, new weights assigned).
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Callable, Iterable
+
+logger = logging.getLogger(__name__)
+
+#: batches above this size are padded to a multiple of it; below, to a power of two
+BUCKET_STEP = 32
+
+#: id(model) -> {settings: GraphedClassifier}; an entry leaves with its model
+_per_model: dict[int, dict] = {}
+
+
+def bucket_size(n: int) -> int:
+    """The batch size a graph is captured for, so that ``n`` tiles fit: 1, 2, 4, ..., 32, 64, 96, ..."""
+    if n < 1:
+        raise ValueError(f"a batch holds at least one tile, not {n}")
+    if n <= BUCKET_STEP:
+        return 1 << (n - 1).bit_length()
+    return -(-n // BUCKET_STEP) * BUCKET_STEP
+
+
+def _storage_layout(model) -> tuple[int, ...]:
+    return tuple(t.data_ptr() for t in (*model.parameters(), *model.buffers()))
+
+
+class GraphedClassifier:
+    """``forward(model, tiles, *constants)`` replayed from a CUDA graph per (bucket, tile shape).
+
+    ``forward`` takes uint8 (b, h, w, 3) tiles on the device and returns a tuple of tensors with the
+    batch first. ``constants`` (e.g. normalisation tensors) are owned here, so the graphs can read
+    them for as long as they live.
+    """
+
+    def __init__(self, forward: Callable, device, constants: Iterable = ()):
+        self.forward = forward
+        self.device = device
+        self.constants = tuple(constants)
+        self.failure: str | None = None  # why graphs are not used, once a capture failed
+        self._graphs: dict = {}  # (bucket, h, w) -> (graph, static input, static outputs)
+        self._pool = None
+        self._layout = None
+
+    def prepare(self, model, batch_sizes: Iterable[int], tile_hw: tuple[int, int]) -> None:
+        """Capture the graphs for these batch sizes now (before reader threads start)."""
+        for n in sorted({bucket_size(int(n)) for n in batch_sizes}, reverse=True):
+            self._entry(model, n, tile_hw)
+
+    def __call__(self, model, tiles):
+        """The forward's outputs for ``tiles`` (on the device, or pinned host memory), or None when
+        the graphs cannot be used (the caller then runs the model eagerly)."""
+        n = len(tiles)
+        entry = self._entry(model, n, tuple(tiles.shape[1:3]))
+        if entry is None:
+            return None
+        graph, static_in, static_out = entry
+        static_in[:n].copy_(tiles, non_blocking=True)
+        graph.replay()
+        return tuple(out[:n].clone() for out in static_out)
+
+    def _entry(self, model, n: int, tile_hw: tuple[int, int]):
+        if self.failure is not None:
+            return None
+        layout = _storage_layout(model)
+        if layout != self._layout:  # first use, or the weights moved: every graph is stale
+            self._graphs.clear()
+            self._pool, self._layout = None, layout
+        key = (bucket_size(n), *tile_hw)
+        if key not in self._graphs:
+            try:
+                self._graphs[key] = self._capture(model, *key)
+            except Exception as error:  # noqa: BLE001 - the model still runs eagerly
+                self.failure = f"{type(error).__name__}: {error}"
+                self._graphs.clear()
+                logger.warning("CUDA graphs are off for this model: %s", self.failure)
+                return None
+        return self._graphs[key]
+
+    def _capture(self, model, bucket: int, height: int, width: int):
+        import torch
+
+        static_in = torch.zeros((bucket, height, width, 3), dtype=torch.uint8, device=self.device)
+        side = torch.cuda.Stream(self.device)  # warm-up off the current stream, as torch advises
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):  # compiles kernels, picks cuBLAS/cuDNN algorithms
+                self.forward(model, static_in, *self.constants)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: the reader threads may use CUDA while this thread captures
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+            static_out = self.forward(model, static_in, *self.constants)
+        self._pool = graph.pool()
+        return graph, static_in, static_out
+
+
+def graphed_classifier(model, settings: tuple, make: Callable[[], GraphedClassifier]):
+    """The :class:`GraphedClassifier` kept for ``model`` and ``settings``, made by ``make()`` once."""
+    key = id(model)
+    if key not in _per_model:
+        _per_model[key] = {}
+        weakref.finalize(model, _per_model.pop, key, None)
+    graphs = _per_model[key]
+    if settings not in graphs:
+        graphs[settings] = make()
+    return graphs[settings]

@@ -1,0 +1,124 @@
+"""CUDA graphs for the classifier: bucket sizes and lifetimes here, replay against eager on the GPU."""
+
+import gc
+
+import numpy as np
+import pytest
+import torch
+
+from napari_ssmamba.inference import graphs
+from napari_ssmamba.inference.graphs import bucket_size, graphed_classifier
+from napari_ssmamba.inference.predict import TileClassifier, batch_sizes, predict_tiles
+
+
+def test_bucket_sizes():
+    assert [bucket_size(n) for n in (1, 2, 3, 5, 17, 32)] == [1, 2, 4, 8, 32, 32]
+    assert [bucket_size(n) for n in (33, 64, 65, 132, 256)] == [64, 64, 96, 160, 256]
+    with pytest.raises(ValueError):
+        bucket_size(0)
+
+
+def test_batch_sizes_cover_every_tile_once():
+    assert batch_sizes(600, 256) == [256, 256, 88]
+    assert batch_sizes(10, 256) == [10]
+    assert batch_sizes(0, 256) == []
+
+
+def test_graphs_are_kept_per_model_and_leave_with_it():
+    model = torch.nn.Linear(2, 2)
+    made = []
+    first = graphed_classifier(model, ("a",), lambda: made.append(1) or object())
+    assert graphed_classifier(model, ("a",), lambda: made.append(1) or object()) is first
+    assert graphed_classifier(model, ("b",), lambda: made.append(1) or object()) is not first
+    assert len(made) == 2
+    key = id(model)
+    del model
+    gc.collect()
+    assert key not in graphs._per_model
+
+
+def test_the_cpu_runs_eagerly(small_model):
+    model, card = small_model
+    tiles = np.zeros((3, 64, 64, 3), np.uint8)
+    out = predict_tiles(lambda box: tiles[0], np.zeros((3, 4)), model, card, device="cpu")
+    assert out.cuda_graphs is False
+    assert TileClassifier(model, card, torch.device("cpu")).graphs is None
+
+
+def _tiles(n, size=64, seed=0):
+    rng = np.random.default_rng(seed)
+    return torch.from_numpy(rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)).cuda()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("attention", [False, True])
+def test_graph_replay_gives_the_eager_answer_for_any_batch_size(small_model, attention):
+    model, card = small_model
+    device = torch.device("cuda")
+    graphed = TileClassifier(model, card, device, attention=attention)
+    eager = TileClassifier(model, card, device, attention=attention, cuda_graphs=False)
+    assert graphed.graphs is not None and eager.graphs is None
+    for n in (1, 5, 33, 70, 64):  # 70 then 64: a bucket left with stale rows past the batch
+        tiles = _tiles(n, seed=n)
+        got, want = graphed(tiles), eager(tiles)
+        assert got[0].shape == (n, 3)
+        torch.testing.assert_close(got[0], want[0], atol=2e-2, rtol=0)
+        if attention:
+            torch.testing.assert_close(got[1], want[1], atol=2e-2, rtol=0)
+        else:
+            assert got[1] is None
+    assert graphed.graphs.failure is None
+    model.cpu()
+
+
+@pytest.mark.gpu
+def test_graphs_follow_new_weights_and_moved_parameters(small_model):
+    model, card = small_model
+    device = torch.device("cuda")
+    tiles = _tiles(8)
+    classify = TileClassifier(model, card, device, attention=False)
+    before = classify(tiles)[0]
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        with torch.no_grad():  # new weights in place: the same graph reads them
+            model.head.weight.mul_(-1.0)
+        flipped = classify(tiles)[0]
+        eager = TileClassifier(model, card, device, attention=False, cuda_graphs=False)
+        torch.testing.assert_close(flipped, eager(tiles)[0], atol=2e-2, rtol=0)
+        assert not torch.allclose(flipped, before, atol=1e-3)
+        model.cpu()  # parameters move away and back: the graphs are captured again
+        classify = TileClassifier(model, card, device, attention=False)
+        torch.testing.assert_close(classify(tiles)[0], eager(tiles)[0], atol=2e-2, rtol=0)
+    finally:
+        model.load_state_dict(original)
+        model.cpu()
+
+
+class SyncsOnTheHost(torch.nn.Module):
+    """A model whose forward reads a value back to the host: it cannot be captured."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        if x.sum().item() < 0:
+            raise AssertionError("unreachable")
+        return self.model(x)
+
+
+@pytest.mark.gpu
+def test_a_model_that_cannot_be_captured_runs_eagerly(small_model):
+    model, card = small_model
+    wrapped = SyncsOnTheHost(model)
+    boxes = np.zeros((5, 4))
+    tile = np.full((64, 64, 3), 128, np.uint8)
+    out = predict_tiles(
+        lambda box: tile, boxes, wrapped, card, device="cuda", attention=False, batch_size=4
+    )
+    reference = predict_tiles(
+        lambda box: tile, boxes, model, card, device="cuda", attention=False, cuda_graphs=False
+    )
+    assert out.cuda_graphs is False
+    np.testing.assert_allclose(out.probabilities, reference.probabilities, atol=2e-2)
+    model.cpu()
