@@ -254,19 +254,17 @@ def main() -> int:
     with open_slide(args.slide) as slide:
         roi = roi_around_tissue(slide, args.roi_mm)
         cases = {"whole_slide": None, f"roi_{args.roi_mm:g}mm": [roi]}
+
+        def classify(rois, graphs):
+            return classify_slide(
+                slide, model, card, rois, device="cuda", attention=False, cuda_graphs=graphs
+            )
+
         results = {}
         for rois in cases.values():
             for graphs in (False, True):  # warm-up: kernels, graphs, nvJPEG, the decoder check
                 for _ in range(2):
-                    results[rois is None] = classify_slide(
-                        slide,
-                        model,
-                        card,
-                        rois,
-                        device="cuda",
-                        attention=False,
-                        cuda_graphs=graphs,
-                    )
+                    results[rois is None] = classify(rois, graphs)
         whole = results[True]
         out["reader_stages"] = reader_stages(
             slide, whole.geometry, whole.tile_boxes_l0, args.batch_size, device
@@ -287,18 +285,9 @@ def main() -> int:
             for graphs in (False, True):
                 name = f"{case}_{'graphs' if graphs else 'eager'}"
 
-                def run(rois=rois, graphs=graphs):
-                    classify_slide(
-                        slide,
-                        model,
-                        card,
-                        rois,
-                        device="cuda",
-                        attention=False,
-                        cuda_graphs=graphs,
-                    )
-
-                summary, seconds = traced(name, run, args.traces)
+                summary, seconds = traced(
+                    name, lambda rois=rois, graphs=graphs: classify(rois, graphs), args.traces
+                )
                 out["timelines"][name] = {"seconds": seconds, **summary}
 
         switch = sys.getswitchinterval()
@@ -308,16 +297,7 @@ def main() -> int:
             for case, rois in cases.items():
                 for graphs in (False, True):
                     best = min(
-                        classify_slide(
-                            slide,
-                            model,
-                            card,
-                            rois,
-                            device="cuda",
-                            attention=False,
-                            cuda_graphs=graphs,
-                        ).timings["predict_s"]
-                        for _ in range(args.repeats)
+                        classify(rois, graphs).timings["predict_s"] for _ in range(args.repeats)
                     )
                     name = f"{case}_{'graphs' if graphs else 'eager'}_switch_{interval * 1e3:g}ms"
                     out["predict_s"][name] = best
