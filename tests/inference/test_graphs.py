@@ -122,3 +122,26 @@ def test_a_model_that_cannot_be_captured_runs_eagerly(small_model):
     assert out.cuda_graphs is False
     np.testing.assert_allclose(out.probabilities, reference.probabilities, atol=2e-2)
     model.cpu()
+
+
+@pytest.mark.gpu
+def test_threads_sharing_a_model_get_their_own_answers(small_model):
+    import concurrent.futures
+
+    model, card = small_model
+    device = torch.device("cuda")
+    batches = [_tiles(16, seed=seed) for seed in range(8)]
+    eager = TileClassifier(model, card, device, attention=False, cuda_graphs=False)
+    want = [eager(b)[0] for b in batches]
+
+    def classify(i):
+        with torch.cuda.stream(torch.cuda.Stream(device)):
+            probs = TileClassifier(model, card, device, attention=False)(batches[i])[0]
+            torch.cuda.current_stream(device).synchronize()
+        return probs
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(classify, range(len(batches))))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=2e-2, rtol=0)
+    model.cpu()

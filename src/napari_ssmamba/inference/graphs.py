@@ -15,6 +15,7 @@ its parameters or buffers have moved (``model.to(...)`` and back, new weights as
 from __future__ import annotations
 
 import logging
+import threading
 import weakref
 from collections.abc import Callable, Iterable
 
@@ -56,23 +57,36 @@ class GraphedClassifier:
         self._graphs: dict = {}  # (bucket, h, w) -> (graph, static input, static outputs)
         self._pool = None
         self._layout = None
+        # one replay at a time: the graphs share their input, output and pool memory
+        self._lock = threading.Lock()
+        self._replayed = None  # event after the last replay's outputs were copied out
 
     def prepare(self, model, batch_sizes: Iterable[int], tile_hw: tuple[int, int]) -> None:
         """Capture the graphs for these batch sizes now (before reader threads start)."""
-        for n in sorted({bucket_size(int(n)) for n in batch_sizes}, reverse=True):
-            self._entry(model, n, tile_hw)
+        with self._lock:
+            for n in sorted({bucket_size(int(n)) for n in batch_sizes}, reverse=True):
+                self._entry(model, n, tile_hw)
 
     def __call__(self, model, tiles):
         """The forward's outputs for ``tiles`` (on the device, or pinned host memory), or None when
         the graphs cannot be used (the caller then runs the model eagerly)."""
+        import torch
+
         n = len(tiles)
-        entry = self._entry(model, n, tuple(tiles.shape[1:3]))
-        if entry is None:
-            return None
-        graph, static_in, static_out = entry
-        static_in[:n].copy_(tiles, non_blocking=True)
-        graph.replay()
-        return tuple(out[:n].clone() for out in static_out)
+        with self._lock:
+            entry = self._entry(model, n, tuple(tiles.shape[1:3]))
+            if entry is None:
+                return None
+            graph, static_in, static_out = entry
+            stream = torch.cuda.current_stream(self.device)
+            if self._replayed is not None:  # another thread's stream may still be replaying
+                stream.wait_event(self._replayed)
+            static_in[:n].copy_(tiles, non_blocking=True)
+            graph.replay()
+            outputs = tuple(out[:n].clone() for out in static_out)
+            self._replayed = torch.cuda.Event()
+            self._replayed.record(stream)
+        return outputs
 
     def _entry(self, model, n: int, tile_hw: tuple[int, int]):
         if self.failure is not None:
