@@ -441,6 +441,7 @@ def environment(device) -> dict:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),
+        "cuda_device_max_connections": os.environ.get("CUDA_DEVICE_MAX_CONNECTIONS"),
     }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
