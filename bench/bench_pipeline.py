@@ -49,6 +49,22 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
+def random_model(arch: str):
+    """``arch`` with seeded random weights and a three-class untrained card: the benchmarks' model."""
+    import torch
+
+    from napari_ssmamba.model import ModelCard, create_model
+
+    torch.manual_seed(0)
+    card = ModelCard(
+        arch=arch,
+        class_names=["a", "b", "c"],
+        class_colors=[(255, 0, 0), (0, 255, 0), (0, 0, 255)],
+        untrained=True,
+    )
+    return create_model(arch, num_classes=3), card
+
+
 def roi_around_tissue(slide, side_mm: float):
     """A square ROI of ``side_mm`` centred on the tissue's centre of mass, inside the slide."""
     import shapely
@@ -504,10 +520,9 @@ def main(argv=None) -> int:
     if args.slide is None or args.out is None:
         parser.error("--slide and --out are required")
 
-    import torch
 
     from napari_ssmamba.inference.predict import resolve_device
-    from napari_ssmamba.model import ModelCard, create_model, load_checkpoint
+    from napari_ssmamba.model import load_checkpoint
     from napari_ssmamba.slide import open_slide
 
     device = resolve_device(args.device or ("cpu" if args.cpu else "auto"))
@@ -516,15 +531,7 @@ def main(argv=None) -> int:
     if args.model:
         model, card = load_checkpoint(args.model, device="cpu")
     else:
-        arch = args.arch or ("ssmamba_tiny" if args.cpu else "ssmamba_base")
-        torch.manual_seed(0)
-        model = create_model(arch, num_classes=3)
-        card = ModelCard(
-            arch=arch,
-            class_names=["a", "b", "c"],
-            class_colors=[(255, 0, 0), (0, 255, 0), (0, 0, 255)],
-            untrained=True,
-        )
+        model, card = random_model(args.arch or ("ssmamba_tiny" if args.cpu else "ssmamba_base"))
     batch_size = args.batch_size or (8 if device.type == "cpu" else 256)
     repeats = args.repeats or (3 if args.cpu else 1)
 

@@ -33,6 +33,9 @@ def main() -> int:
 
     import torch
 
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_pipeline import random_model
+
     from napari_ssmamba.inference import classify_slide
     from napari_ssmamba.inference.jpeg_batches import (
         JpegBatchReader,
@@ -40,18 +43,10 @@ def main() -> int:
         nvjpeg_decoder,
     )
     from napari_ssmamba.inference.predict import TileClassifier, predict_tiles
-    from napari_ssmamba.model import ModelCard, create_model
     from napari_ssmamba.slide import open_slide
 
     device = torch.device("cuda")
-    torch.manual_seed(0)
-    model = create_model(args.arch, num_classes=3)
-    card = ModelCard(
-        arch=args.arch,
-        class_names=["a", "b", "c"],
-        class_colors=[(255, 0, 0), (0, 255, 0), (0, 0, 255)],
-        untrained=True,
-    )
+    model, card = random_model(args.arch)
     out = {"arch": args.arch, "gpu": torch.cuda.get_device_name(), "batch_sizes": {}}
     with open_slide(args.slide) as slide:
         result = classify_slide(slide, model, card, device="cuda", attention=False)

@@ -234,22 +234,14 @@ def main() -> int:
     import torch
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from bench_pipeline import roi_around_tissue
+    from bench_pipeline import random_model, roi_around_tissue
 
     from napari_ssmamba.inference import classify_slide
     from napari_ssmamba.inference.jpeg_batches import JpegBatchReader
-    from napari_ssmamba.model import ModelCard, create_model
     from napari_ssmamba.slide import open_slide
 
     device = torch.device("cuda")
-    torch.manual_seed(0)
-    model = create_model(args.arch, num_classes=3)
-    card = ModelCard(
-        arch=args.arch,
-        class_names=["a", "b", "c"],
-        class_colors=[(255, 0, 0), (0, 255, 0), (0, 0, 255)],
-        untrained=True,
-    )
+    model, card = random_model(args.arch)
     out = {"arch": args.arch, "slide": str(args.slide), "batch_size": args.batch_size}
     with open_slide(args.slide) as slide:
         roi = roi_around_tissue(slide, args.roi_mm)

@@ -17,6 +17,7 @@ rounding); :meth:`JpegBatchReader.check` measures that difference on a tile of t
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import weakref
@@ -37,7 +38,6 @@ MAX_MEAN_DIFFERENCE = 10.0
 DECODERS = ("auto", "cpu", "nvjpeg", "libjpeg")
 #: threads of the libjpeg decoder
 DECODER_THREADS = min(16, os.cpu_count() or 1)
-_pool = None
 
 
 def nvjpeg_decoder(colorspace: str, device) -> Callable:
@@ -60,6 +60,12 @@ def nvjpeg_decoder(colorspace: str, device) -> Callable:
     return decode
 
 
+@functools.cache
+def _decoder_pool() -> ThreadPoolExecutor:
+    """The libjpeg decoders' threads, shared by every reader of the process."""
+    return ThreadPoolExecutor(DECODER_THREADS, "jpeg-decoder")
+
+
 def libjpeg_decoder(colorspace: str, tile_hw, device) -> Callable:
     """A function decoding a list of JPEG streams with libjpeg-turbo (imagecodecs) on the CPU.
 
@@ -71,11 +77,8 @@ def libjpeg_decoder(colorspace: str, tile_hw, device) -> Callable:
     import imagecodecs
     import torch
 
-    global _pool
     device = torch.device(device)
-    if _pool is None:
-        _pool = ThreadPoolExecutor(DECODER_THREADS, "jpeg-decoder")
-    pool = _pool
+    pool = _decoder_pool()
 
     def decode(streams: list[bytes]):
         out = torch.empty(
