@@ -1,16 +1,22 @@
-"""The GPU pipeline with each way of decoding the slide's JPEG tiles, against the model alone.
+"""The GPU pipeline with each way of decoding and batching, against the model alone, in one run.
 
-    python bench/compare_decoders.py SLIDE [--arch ssmamba_tiny] [--batch-sizes 64,256]
-        [--out decoders.json]
+    python bench/compare_decoders.py SLIDE [--arch ssmamba_tiny] [--first-batches 0,16,32,64]
+        [--growths 2] [--decoders nvjpeg,torchvision,libjpeg] [--out decoders.json]
 
-Over the whole tissue of SLIDE, best of ``--repeats``, at each batch size: the model alone on the
-tiles already on the GPU (CUDA graphs, as the pipeline runs it), then per decoder the reader alone
-and ``predict_tiles`` with that reader (the prediction phase of ``classify_slide``):
+For the whole tissue of SLIDE and for a 2 mm x 2 mm ROI on it, best of ``--repeats`` after a
+warm-up, batch size 256:
 
-- ``nvjpeg``: torchvision's nvJPEG (the hardware decoder on an H100), batch by batch;
-- ``nvjpeg_fixed_count``: the same, every call padded to a fixed number of streams (tests whether
-  nvJPEG re-sizing its buffers on each new count is what stalls the GPU);
-- ``libjpeg``: libjpeg-turbo in a CPU thread pool into pinned memory, copied without blocking.
+- the model alone on the tiles already on the GPU (CUDA graphs, as the pipeline runs it), batched
+  as the pipeline batches them for each first-batch size (0: every batch full) and growth;
+- per decoder, the reader alone and ``predict_tiles`` with it (the prediction phase of
+  ``classify_slide``), for each first-batch size and growth:
+
+  - ``nvjpeg``: the package's nvJPEG binding, enqueued on the reader's stream, into its buffer;
+  - ``torchvision``: ``torchvision.io.decode_jpeg(device="cuda")`` (what the package used before):
+    its own stream, the host waits before and after, new tensors each call;
+  - ``libjpeg``: libjpeg-turbo in a CPU thread pool into pinned memory, copied without blocking.
+
+``pipeline / model alone`` divides by the fastest model-alone batching, whichever it is.
 """
 
 from __future__ import annotations
@@ -22,11 +28,28 @@ import time
 from pathlib import Path
 
 
+def torchvision_decoder():
+    """torchvision's nvJPEG behind the ``decode(streams, out)`` interface."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    def decode(streams, out):
+        data = [torch.frombuffer(bytearray(s), dtype=torch.uint8) for s in streams]
+        images = decode_jpeg(data, mode=ImageReadMode.RGB, device=out.device)
+        out.copy_(torch.stack(images).permute(0, 2, 3, 1))
+
+    return decode
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("slide", type=Path)
     parser.add_argument("--arch", default="ssmamba_tiny")
-    parser.add_argument("--batch-sizes", default="256", help="comma-separated")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--first-batches", default="0,16,32,64", help="comma-separated; 0: full")
+    parser.add_argument("--growths", default="2", help="comma-separated batch growth factors")
+    parser.add_argument("--decoders", default="nvjpeg,torchvision,libjpeg")
+    parser.add_argument("--roi-mm", type=float, default=2.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -34,98 +57,116 @@ def main() -> int:
     import torch
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from bench_pipeline import random_model
+    from bench_pipeline import environment, random_model, roi_around_tissue
 
-    from napari_ssmamba.inference import classify_slide
-    from napari_ssmamba.inference.jpeg_batches import (
-        JpegBatchReader,
-        libjpeg_decoder,
-        nvjpeg_decoder,
-    )
-    from napari_ssmamba.inference.predict import TileClassifier, predict_tiles
+    from napari_ssmamba.inference import classify_slide, predict
+    from napari_ssmamba.inference.jpeg_batches import JpegBatchReader, libjpeg_decoder
+    from napari_ssmamba.inference.nvjpeg import decoder_for
+    from napari_ssmamba.inference.predict import TileClassifier, batch_sizes, predict_tiles
     from napari_ssmamba.slide import open_slide
 
     device = torch.device("cuda")
     model, card = random_model(args.arch)
-    out = {"arch": args.arch, "gpu": torch.cuda.get_device_name(), "batch_sizes": {}}
+    firsts = [int(f) or None for f in args.first_batches.split(",")]
+    growths = [float(g) for g in args.growths.split(",")]
+    batchings = [(f, g) for f in firsts for g in (growths if f else growths[:1])]
+    out = {
+        "benchmark": "compare_decoders",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "arch": args.arch,
+        "batch_size": args.batch_size,
+        "environment": environment(device),
+        "nvjpeg_backend": decoder_for(device).backend,
+        "cases": {},
+    }
+
+    def best(run):
+        times = []
+        for _ in range(args.repeats + 1):  # the first is a warm-up
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            run()
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        return min(times[1:])
+
     with open_slide(args.slide) as slide:
-        result = classify_slide(slide, model, card, device="cuda", attention=False)
-        geometry, boxes = result.geometry, result.tile_boxes_l0
-        jpeg = slide.jpeg_tiles(geometry.level)
-        nvjpeg = nvjpeg_decoder(jpeg.colorspace, device)
-
-        def fixed_count(streams, count=128):
-            padded = list(streams) + [streams[-1]] * max(count - len(streams), 0)
-            return nvjpeg(padded)[: len(streams)]
-
+        whole = classify_slide(slide, model, card, device="cuda", attention=False)
+        roi = roi_around_tissue(slide, args.roi_mm)
+        in_roi = classify_slide(slide, model, card, rois=[roi], device="cuda", attention=False)
+        jpeg = slide.jpeg_tiles(whole.geometry.level)
         decoders = {
-            "nvjpeg": nvjpeg,
-            "nvjpeg_fixed_count": fixed_count,
-            "libjpeg": libjpeg_decoder(jpeg.colorspace, jpeg.tile_hw, device),
+            "nvjpeg": "nvjpeg",
+            "torchvision": torchvision_decoder(),
+            "libjpeg": libjpeg_decoder(jpeg.colorspace),
         }
-        tiles = JpegBatchReader(slide, geometry, device)(boxes)
+        decoders = {name: decoders[name] for name in args.decoders.split(",")}
+        for case, result in (("whole_slide", whole), (f"roi_{args.roi_mm:g}mm", in_roi)):
+            geometry, boxes = result.geometry, result.tile_boxes_l0
+            tiles = JpegBatchReader(slide, geometry, device)(boxes)
+            reference = JpegBatchReader(slide, geometry, device, decode=decoders["nvjpeg"])
+            seconds, differences = {}, {}
+            for first, growth in batchings:
+                sizes = batch_sizes(len(tiles), args.batch_size, first, growth)
+                classify = TileClassifier(model, card, device, attention=False)
+                classify.prepare(sizes, tuple(tiles.shape[1:3]))
 
-        def best(run):
-            times = []
-            for _ in range(args.repeats + 1):  # the first is a warm-up
-                torch.cuda.synchronize()
-                start = time.perf_counter()
-                run()
-                torch.cuda.synchronize()
-                times.append(time.perf_counter() - start)
-            return min(times[1:])
+                def model_only(classify=classify, sizes=sizes, tiles=tiles):
+                    start = 0
+                    for size in sizes:
+                        classify(tiles[start : start + size])
+                        start += size
 
-        for batch_size in (int(b) for b in args.batch_sizes.split(",")):
-            seconds = {}
-            classify = TileClassifier(model, card, device, attention=False)
-            sizes = [len(tiles[i : i + batch_size]) for i in range(0, len(tiles), batch_size)]
-            classify.prepare(sizes, tuple(tiles.shape[1:3]))
-
-            def model_only(classify=classify, batch_size=batch_size):
-                for i in range(0, len(tiles), batch_size):
-                    classify(tiles[i : i + batch_size])
-
-            seconds["model_only"] = best(model_only)
+                seconds[f"model_only_first{first or 0}_growth{growth:g}"] = best(model_only)
             for name, decode in decoders.items():
                 reader = JpegBatchReader(slide, geometry, device, decode=decode)
+                got = reader(boxes[:64]).cpu().numpy().astype(int)
+                want = reference(boxes[:64]).cpu().numpy().astype(int)
+                differences[f"{name}_vs_nvjpeg_mean_abs"] = float(abs(got - want).mean())
 
-                def read_all(reader=reader, batch_size=batch_size):
-                    reader._decoded_keys = reader._decoded_keys[:0]
-                    for i in range(0, len(boxes), batch_size):
-                        reader(boxes[i : i + batch_size])
-
-                def pipeline(reader=reader, batch_size=batch_size):
-                    reader._decoded_keys = reader._decoded_keys[:0]
-                    predict_tiles(
-                        reader,
-                        boxes,
-                        model,
-                        card,
-                        device="cuda",
-                        attention=False,
-                        batch_size=batch_size,
-                        batched=True,
-                    )
+                def read_all(reader=reader, boxes=boxes):
+                    reader.reset()
+                    for start in range(0, len(boxes), args.batch_size):
+                        reader(boxes[start : start + args.batch_size])
 
                 seconds[f"{name}_reader_only"] = best(read_all)
-                seconds[f"{name}_pipeline"] = best(pipeline)
-                if batch_size == 64:
-                    got = reader(boxes[:64]).cpu().numpy().astype(int)
-                    want = JpegBatchReader(slide, geometry, device)(boxes[:64]).cpu().numpy()
-                    out[f"{name}_vs_nvjpeg_mean_abs"] = float(abs(got - want).mean())
-            out["batch_sizes"][batch_size] = {
+                for first, growth in batchings:
+                    predict.CUDA_FIRST_BATCH = first
+                    predict.CUDA_BATCH_GROWTH = growth
+
+                    def pipeline(reader=reader, boxes=boxes):
+                        reader.reset()
+                        predict_tiles(
+                            reader,
+                            boxes,
+                            model,
+                            card,
+                            device="cuda",
+                            attention=False,
+                            batch_size=args.batch_size,
+                            batched=True,
+                        )
+
+                    key = f"{name}_first{first or 0}_growth{growth:g}_pipeline"
+                    seconds[key] = best(pipeline)
+            model_alone = min(v for k, v in seconds.items() if k.startswith("model_only"))
+            out["cases"][case] = {
+                "tiles": len(boxes),
                 "seconds": seconds,
                 "pipeline_vs_model_only": {
-                    name: seconds["model_only"] / seconds[f"{name}_pipeline"] for name in decoders
+                    k.removesuffix("_pipeline"): model_alone / v
+                    for k, v in seconds.items()
+                    if k.endswith("_pipeline")
                 },
+                "differences": differences,
             }
             print(
-                batch_size,
-                json.dumps({k: round(v * 1e3, 1) for k, v in seconds.items()}),
+                case,
+                len(boxes),
+                json.dumps({k: round(v * 1e3, 2) for k, v in seconds.items()}),
                 file=sys.stderr,
                 flush=True,
             )
-    out["tiles"] = len(boxes)
     print(json.dumps(out), file=sys.stderr)
     if args.out:
         args.out.write_text(json.dumps(out, indent=2) + "\n")

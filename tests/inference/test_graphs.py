@@ -22,6 +22,13 @@ def test_batch_sizes_cover_every_tile_once():
     assert batch_sizes(600, 256) == [256, 256, 88]
     assert batch_sizes(10, 256) == [10]
     assert batch_sizes(0, 256) == []
+    # from a small first batch, doubling up to the batch size
+    assert batch_sizes(132, 256, 32) == [32, 64, 36]
+    assert batch_sizes(1213, 256, 32) == [32, 64, 128, 256, 256, 256, 221]
+    assert batch_sizes(20, 256, 32) == [20]
+    assert batch_sizes(100, 16, 32) == [16] * 6 + [4]
+    # growing by half, in whole graph buckets of 32
+    assert batch_sizes(1000, 256, 32, 1.5) == [32, 64, 96, 160, 256, 256, 136]
 
 
 def test_graphs_are_kept_per_model_and_leave_with_it():

@@ -9,7 +9,9 @@ hold whatever the previous batch left there and their outputs are dropped (every
 eval mode is per sample).
 
 Graphs are kept per model, device and settings for the model's lifetime, and captured again when
-its parameters or buffers have moved (``model.to(...)`` and back, new weights assigned).
+its parameters or buffers have moved (``model.to(...)`` and back, new weights assigned): checked
+by :meth:`GraphedClassifier.follow`, once per run, not per batch (walking a model's tensors takes
+a fraction of a millisecond).
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ def bucket_size(n: int) -> int:
     return -(-n // BUCKET_STEP) * BUCKET_STEP
 
 
-def _storage_layout(model) -> tuple[int, ...]:
-    return tuple(t.data_ptr() for t in (*model.parameters(), *model.buffers()))
+def _storage_layout(model, tensors=None) -> tuple[int, ...]:
+    return tuple(t.data_ptr() for t in tensors or (*model.parameters(), *model.buffers()))
 
 
 class GraphedClassifier:
@@ -60,6 +62,15 @@ class GraphedClassifier:
         # one replay at a time: the graphs share their input, output and pool memory
         self._lock = threading.Lock()
         self._replayed = None  # event after the last replay's outputs were copied out
+
+    def follow(self, model, tensors=None) -> None:
+        """Drop every graph if ``model``'s parameters or buffers (``tensors``, if given) have moved
+        since the graphs were captured."""
+        layout = _storage_layout(model, tensors)
+        with self._lock:
+            if layout != self._layout:
+                self._graphs.clear()
+                self._pool, self._layout = None, layout
 
     def prepare(self, model, batch_sizes: Iterable[int], tile_hw: tuple[int, int]) -> None:
         """Capture the graphs for these batch sizes now (before reader threads start)."""
@@ -91,12 +102,12 @@ class GraphedClassifier:
     def _entry(self, model, n: int, tile_hw: tuple[int, int]):
         if self.failure is not None:
             return None
-        layout = _storage_layout(model)
-        if layout != self._layout:  # first use, or the weights moved: every graph is stale
-            self._graphs.clear()
-            self._pool, self._layout = None, layout
         key = (bucket_size(n), *tile_hw)
         if key not in self._graphs:
+            layout = _storage_layout(model)
+            if layout != self._layout:  # first use, or the weights moved: every graph is stale
+                self._graphs.clear()
+                self._pool, self._layout = None, layout
             try:
                 self._graphs[key] = self._capture(model, *key)
             except Exception as error:  # noqa: BLE001 - the model still runs eagerly

@@ -3,7 +3,7 @@
 Reading box by box through OpenSlide or tifffile decodes JPEG tiles again for every box that
 touches them and resamples each box on the CPU; on a GPU host that, not the model, bounds
 throughput. Here, for each batch of model tiles, the JPEG tiles they cover are read as compressed
-bytes and decoded once: on the GPU by nvJPEG (``torchvision.io.decode_jpeg(device="cuda")``), or
+bytes and decoded once: on the GPU by nvJPEG (:mod:`~napari_ssmamba.inference.nvjpeg`), or
 by libjpeg-turbo in a pool of CPU threads and copied to the device without blocking. The model
 tiles are then gathered from the decoded tiles on the device and resampled there when the level is
 not at the model's resolution. JPEG tiles shared with the previous batch are not decoded again.
@@ -23,6 +23,7 @@ import os
 import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -41,21 +42,24 @@ DECODER_THREADS = min(16, os.cpu_count() or 1)
 
 
 def nvjpeg_decoder(colorspace: str, device) -> Callable:
-    """A function decoding a list of JPEG streams on ``device`` into an (n, h, w, 3) uint8 tensor.
+    """A function ``decode(streams, out)`` decoding JPEG streams into ``out``, an (n, h, w, 3) uint8
+    tensor on ``device``, with nvJPEG (:mod:`~napari_ssmamba.inference.nvjpeg`) on the current
+    CUDA stream, without waiting for it.
 
     Raises ValueError for RGB-coded streams (as in Aperio SVS): nvJPEG converts every
     three-component JPEG from YCbCr, also with an Adobe RGB marker or unchanged output (both
-    tried on the H100: 50 levels off). Raises ImportError when torchvision is missing.
+    tried on the H100: 50 levels off). Raises BackendUnavailableError when libnvjpeg is missing.
     """
     if colorspace != "YCbCr":
         raise ValueError("nvJPEG decodes YCbCr JPEG tiles only; these hold R, G, B components")
     import torch
-    from torchvision.io import ImageReadMode, decode_jpeg
 
-    def decode(streams: list[bytes]):
-        data = [torch.frombuffer(bytearray(s), dtype=torch.uint8) for s in streams]
-        images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
-        return torch.stack(images).permute(0, 2, 3, 1)
+    from napari_ssmamba.inference.nvjpeg import decoder_for
+
+    decoder = decoder_for(device)
+
+    def decode(streams: list[bytes], out) -> None:
+        decoder.decode_into(streams, out, torch.cuda.current_stream(out.device))
 
     return decode
 
@@ -66,25 +70,23 @@ def _decoder_pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(DECODER_THREADS, "jpeg-decoder")
 
 
-def libjpeg_decoder(colorspace: str, tile_hw, device) -> Callable:
-    """A function decoding a list of JPEG streams with libjpeg-turbo (imagecodecs) on the CPU.
+def libjpeg_decoder(colorspace: str) -> Callable:
+    """A function ``decode(streams, out)`` decoding JPEG streams into ``out``, an (n, h, w, 3) uint8
+    tensor, with libjpeg-turbo (imagecodecs) on the CPU.
 
     Tiles are decoded by a pool of :data:`DECODER_THREADS` threads (the codec releases the
-    interpreter) into one (n, h, w, 3) uint8 buffer, pinned on CUDA and copied to ``device``
-    without blocking: the copy engine moves it while the GPU computes. Any JPEG colour space
-    libjpeg reads is accepted (RGB-coded Aperio tiles too).
+    interpreter). For a CUDA ``out`` they go into pinned memory first and are copied on the current
+    stream without blocking: the copy engine moves them while the GPU computes. Any JPEG colour
+    space libjpeg reads is accepted (RGB-coded Aperio tiles too).
     """
     import imagecodecs
     import torch
 
-    device = torch.device(device)
     pool = _decoder_pool()
 
-    def decode(streams: list[bytes]):
-        out = torch.empty(
-            (len(streams), *tile_hw, 3), dtype=torch.uint8, pin_memory=device.type == "cuda"
-        )
-        array = out.numpy()
+    def decode(streams: list[bytes], out) -> None:
+        host = torch.empty(out.shape, dtype=torch.uint8, pin_memory=True) if out.is_cuda else out
+        array = host.numpy()
 
         def decode_one(i):
             imagecodecs.jpeg8_decode(
@@ -92,9 +94,20 @@ def libjpeg_decoder(colorspace: str, tile_hw, device) -> Callable:
             )
 
         list(pool.map(decode_one, range(len(streams))))
-        return out.to(device, non_blocking=True)
+        if out.is_cuda:
+            out.copy_(host, non_blocking=True)
 
     return decode
+
+
+def _to_device(array: np.ndarray, device):
+    """``array`` on ``device`` without making the host wait: through pinned memory on CUDA."""
+    import torch
+
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if device.type != "cuda":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 #: codes in _axis_sources' output for pixels without a level pixel
@@ -155,9 +168,10 @@ def _cells_covered(rows: np.ndarray, cols: np.ndarray, tile_hw, grid_w: int) -> 
 class JpegBatchReader:
     """Batches of model tiles (uint8, (b, tile, tile, 3), on ``device``) for level-0 boxes.
 
-    ``decode`` turns a list of JPEG streams into an (n, h, w, 3) uint8 tensor on ``device``:
-    "nvjpeg" (:func:`nvjpeg_decoder`, the default), "libjpeg" (:func:`libjpeg_decoder`) or a
-    function. Raises ValueError when the level the geometry reads is not stored as JPEG tiles, or
+    ``decode(streams, out)`` decodes a list of JPEG streams into ``out``, an (n, h, w, 3) uint8
+    tensor on ``device``: "nvjpeg" (:func:`nvjpeg_decoder`, the default), "libjpeg"
+    (:func:`libjpeg_decoder`) or a function. On CUDA the work is enqueued on the current stream and
+    the batch is ready when that stream is. Raises ValueError when the level the geometry reads is not stored as JPEG tiles, or
     nvJPEG is asked to decode RGB-coded JPEG.
     """
 
@@ -178,7 +192,7 @@ class JpegBatchReader:
         if decode == "nvjpeg":
             decode = nvjpeg_decoder(self.jpeg.colorspace, self.device)
         elif decode == "libjpeg":
-            decode = libjpeg_decoder(self.jpeg.colorspace, self.jpeg.tile_hw, self.device)
+            decode = libjpeg_decoder(self.jpeg.colorspace)
         elif isinstance(decode, str):
             raise ValueError(f"decode must be 'nvjpeg', 'libjpeg' or a function, not {decode!r}")
         self.decode = decode
@@ -186,8 +200,8 @@ class JpegBatchReader:
         self._constants = torch.tensor(
             np.stack([np.full(3, 255, np.uint8), background]), device=self.device
         )
-        self._decoded_keys = np.zeros(0, dtype=np.int64)  # sorted grid keys of self._decoded
-        self._decoded = None
+        self._planned_keys = np.zeros(0, dtype=np.int64)  # keys of the last plan, in buffer order
+        self._decoded = None  # the last batch's decoded JPEG tiles
 
     def check(self, row: int | None = None, col: int | None = None) -> float:
         """Mean |difference| between this reader's decoder and the slide's reader on one tile.
@@ -206,26 +220,105 @@ class JpegBatchReader:
         h = min(tile_h, self.jpeg.shape_hw[0] - y)
         w = min(tile_w, self.jpeg.shape_hw[1] - x)
         expected = self.slide.level_readers[self.geometry.level].read(y, x, h, w)
-        decoded = self.decode([self.jpeg.stream(row, col)])
-        if tuple(decoded.shape) != (1, tile_h, tile_w, 3):
-            return float("inf")
+        import torch
+
+        decoded = torch.empty((1, tile_h, tile_w, 3), dtype=torch.uint8, device=self.device)
+        self.decode([self.jpeg.stream(row, col)], decoded)
         got = decoded[0, :h, :w].cpu().numpy().astype(np.int16)
         return float(np.abs(got - expected).mean())
 
     def __call__(self, boxes_l0):
         """The (b, tile, tile, 3) uint8 tiles of the level-0 boxes ``(minx, miny, width, height)``."""
-        import torch
-        import torch.nn.functional as F
+        return self.make(self.plan(boxes_l0))
 
+    def reset(self) -> None:
+        """Forget the decoded tiles kept from the last batch (the next batch decodes all it needs)."""
+        self._planned_keys = np.zeros(0, dtype=np.int64)
+
+    def plan(self, boxes_l0) -> _BatchPlan:
+        """The host half of a batch: which JPEG tiles to decode (their bytes read), which to keep
+        from the previous plan's batch, and where each output pixel comes from. No CUDA calls, so
+        it can run while another thread captures CUDA graphs; plans must be made in the order
+        their batches are."""
         g = self.geometry
         boxes = np.asarray(boxes_l0, dtype=np.int64).reshape(-1, 4)
         width, height = (int(v) for v in self.slide.dimensions)
         level_h, level_w = self.jpeg.shape_hw
         rows, out_size = _axis_sources(boxes[:, 1], g.tile_l0, height, level_h, g.level_downsample)
         cols, _ = _axis_sources(boxes[:, 0], g.tile_l0, width, level_w, g.level_downsample)
-        flat = self._gather_index(rows, cols)
-        tiles = self._decoded.view(-1, 3)[flat]  # (b, out, out, 3)
-        if out_size != g.tile_size:
+        tile_h, tile_w = self.jpeg.tile_hw
+        grid_h, grid_w = self.jpeg.grid_hw
+        keys = _cells_covered(rows, cols, self.jpeg.tile_hw, grid_w)
+        keys = keys[self.jpeg.stored.ravel()[keys]] if len(keys) else keys
+        # tiles the last batch decoded are copied from its buffer; the others are decoded into
+        # the start of the new one
+        previous = self._planned_keys
+        reused = np.isin(keys, previous)
+        missing, kept = keys[~reused], keys[reused]
+        order = np.concatenate([missing, kept])
+        sorter = np.argsort(previous)
+        kept_from = sorter[np.searchsorted(previous, kept, sorter=sorter)]
+        streams = [self.jpeg.stream(*divmod(int(k), grid_w)) for k in missing]
+        self._planned_keys = order
+
+        # slot of each (grid row, grid col): its place in the decoded buffer; grid row (col)
+        # grid_h (grid_w) stands for WHITE, grid_h + 1 (grid_w + 1) for BACKGROUND; white wins
+        # over background, and tiles not stored are white
+        white, background = len(order), len(order) + 1
+        slot = np.full((grid_h + 2, grid_w + 2), white, dtype=np.int32)
+        slot[order // grid_w, order % grid_w] = np.arange(len(order))
+        slot[grid_h + 1, :] = slot[:, grid_w + 1] = background
+        slot[grid_h, :] = slot[:, grid_w] = white
+
+        def cell_and_offset(source, tile_len, grid_len):  # WHITE -> grid_len, BACKGROUND -> + 1
+            cell = np.where(source >= 0, source // tile_len, grid_len - 1 - source).astype(np.int32)
+            offset = np.where(source >= 0, source % tile_len, 0).astype(np.int32)
+            return cell, offset
+
+        return _BatchPlan(
+            streams,
+            kept_from,
+            slot,
+            *cell_and_offset(rows, tile_h, grid_h),
+            *cell_and_offset(cols, tile_w, grid_w),
+            out_size,
+        )
+
+    def make(self, plan: _BatchPlan):
+        """The device half of a batch: decode, gather and resample its tiles (on CUDA, enqueued on
+        the current stream)."""
+        import torch
+        import torch.nn.functional as F
+
+        g = self.geometry
+        tile_h, tile_w = self.jpeg.tile_hw
+        missing, count = len(plan.streams), len(plan.streams) + len(plan.kept_from)
+        decoded = torch.empty((count + 2, tile_h, tile_w, 3), dtype=torch.uint8, device=self.device)
+        decoded[count:] = self._constants[:, None, None, :]
+        if len(plan.kept_from):
+            decoded[missing:count] = self._decoded[_to_device(plan.kept_from, self.device)]
+        if missing:
+            try:
+                self.decode(plan.streams, decoded[:missing])
+            except ValueError as error:
+                raise ValueError(
+                    f"{self.slide.path}: cannot decode the JPEG tiles of level "
+                    f"{self.geometry.level} as {tile_h} x {tile_w} RGB: {error}"
+                ) from error
+        self._decoded = decoded
+
+        # the (b, out) arrays were built by the planner thread; on the device they would take a
+        # score of small kernels per batch, each queued behind the model's
+        row_cell, row_offset = (
+            _to_device(a, self.device) for a in (plan.row_cell, plan.row_offset)
+        )
+        col_cell, col_offset = (
+            _to_device(a, self.device) for a in (plan.col_cell, plan.col_offset)
+        )
+        slots = _to_device(plan.slot, self.device)[row_cell[:, :, None], col_cell[:, None, :]]
+        flat = (slots * tile_h + row_offset[:, :, None]) * tile_w + col_offset[:, None, :]
+        tiles = decoded.view(-1, 3)[flat]  # (b, out, out, 3)
+        if plan.out_size != g.tile_size:
             tiles = F.interpolate(
                 tiles.permute(0, 3, 1, 2).float(),
                 size=(g.tile_size, g.tile_size),
@@ -236,69 +329,19 @@ class JpegBatchReader:
             tiles = tiles.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
         return tiles.contiguous()
 
-    def _gather_index(self, rows: np.ndarray, cols: np.ndarray):
-        """(b, out, out) indices into the decoded pixels for the level pixels ``rows`` x ``cols``.
 
-        Decodes the JPEG tiles the boxes need that the previous batch did not.
-        """
-        import torch
+@dataclass
+class _BatchPlan:
+    """What :meth:`JpegBatchReader.make` needs for one batch: host arrays and JPEG bytes."""
 
-        tile_h, tile_w = self.jpeg.tile_hw
-        grid_h, grid_w = self.jpeg.grid_hw
-        keys = _cells_covered(rows, cols, self.jpeg.tile_hw, grid_w)
-        keys = keys[self.jpeg.stored.ravel()[keys]] if len(keys) else keys
-        self._decode_keys(keys)
-
-        # slot of each (grid row, grid col): its place in self._decoded; grid row (col) grid_h
-        # (grid_w) stands for WHITE, grid_h + 1 (grid_w + 1) for BACKGROUND; white wins over
-        # background, and tiles not stored are white
-        white, background = len(keys), len(keys) + 1
-        slot = np.full((grid_h + 2, grid_w + 2), white, dtype=np.int32)
-        slot[keys // grid_w, keys % grid_w] = np.arange(len(keys))
-        slot[grid_h + 1, :] = slot[:, grid_w + 1] = background
-        slot[grid_h, :] = slot[:, grid_w] = white
-
-        def cell_and_offset(source, tile_len, grid_len):  # WHITE -> grid_len, BACKGROUND -> + 1
-            cell = np.where(source >= 0, source // tile_len, grid_len - 1 - source).astype(np.int32)
-            offset = np.where(source >= 0, source % tile_len, 0).astype(np.int32)
-            return torch.as_tensor(cell, device=self.device), torch.as_tensor(
-                offset, device=self.device
-            )
-
-        row_cell, row_offset = cell_and_offset(rows, tile_h, grid_h)
-        col_cell, col_offset = cell_and_offset(cols, tile_w, grid_w)
-        slots = torch.as_tensor(slot, device=self.device)[
-            row_cell[:, :, None], col_cell[:, None, :]
-        ]
-        return (slots * tile_h + row_offset[:, :, None]) * tile_w + col_offset[:, None, :]
-
-    def _decode_keys(self, keys: np.ndarray) -> None:
-        """Make ``self._decoded`` hold the tiles of ``keys`` (sorted) in that order, then a white
-        and a background tile; tiles the previous batch decoded are copied, not decoded again."""
-        import torch
-
-        tile_h, tile_w = self.jpeg.tile_hw
-        decoded = torch.empty(
-            (len(keys) + 2, tile_h, tile_w, 3), dtype=torch.uint8, device=self.device
-        )
-        decoded[len(keys) :] = self._constants[:, None, None, :]
-        reused = np.isin(keys, self._decoded_keys)
-        if reused.any():
-            previous = np.searchsorted(self._decoded_keys, keys[reused])
-            decoded[torch.as_tensor(np.flatnonzero(reused), device=self.device)] = self._decoded[
-                torch.as_tensor(previous, device=self.device)
-            ]
-        missing = keys[~reused]
-        if len(missing):
-            grid_w = self.jpeg.grid_hw[1]
-            fresh = self.decode([self.jpeg.stream(*divmod(int(k), grid_w)) for k in missing])
-            if tuple(fresh.shape[1:]) != (tile_h, tile_w, 3):
-                raise ValueError(
-                    f"{self.slide.path}: decoded JPEG tiles of level {self.geometry.level} are "
-                    f"{tuple(fresh.shape[1:])}, not {(tile_h, tile_w, 3)}"
-                )
-            decoded[torch.as_tensor(np.flatnonzero(~reused), device=self.device)] = fresh
-        self._decoded, self._decoded_keys = decoded, keys
+    streams: list[bytes]  # JPEG tiles to decode, in the decoded buffer's order
+    kept_from: np.ndarray  # places in the last buffer of the tiles kept, after the decoded ones
+    slot: np.ndarray  # (grid_h + 2, grid_w + 2): place in the buffer of each grid cell
+    row_cell: np.ndarray  # (b, out) grid row of each output row (grid_h: white, + 1: background)
+    row_offset: np.ndarray  # (b, out) row inside that JPEG tile
+    col_cell: np.ndarray
+    col_offset: np.ndarray
+    out_size: int  # side of the tiles before resampling to the model's size
 
 
 #: per slide: {(level, device): why nvJPEG cannot be used there, or None when it can}
@@ -310,7 +353,7 @@ def tile_reader_for(slide, geometry, device, decoder: str = "auto"):
 
     ``decoder``:
 
-    - "auto": on CUDA, nvJPEG when torchvision is installed, the level is stored as YCbCr JPEG
+    - "auto": on CUDA, nvJPEG when libnvjpeg is installed, the level is stored as YCbCr JPEG
       tiles and nvJPEG gives the slide reader's pixels on the check tile (checked once per slide,
       level and device); else libjpeg when the level is stored as JPEG tiles (Aperio's RGB-coded
       ones too); else the CPU reader. On the CPU: the CPU reader.
@@ -356,8 +399,8 @@ def _why_not_nvjpeg(slide, geometry, device) -> str | None:
     """None when nvJPEG reads this level with the slide reader's pixels, else the reason."""
     try:
         difference = JpegBatchReader(slide, geometry, device, "nvjpeg").check()
-    except ImportError:
-        return "torchvision is not installed (pip install torchvision)"
+    except ImportError as error:
+        return str(error)
     except ValueError as error:
         return str(error)
     except Exception as error:  # noqa: BLE001 - a decoder failure is a reason to use the CPU

@@ -3,18 +3,21 @@
 Reading and resampling run in a thread pool (OpenSlide and PIL release the GIL); a batching thread
 stacks the tiles into uint8 batches (in pinned memory on CUDA) two batches ahead of the model. On
 CUDA, slides stored as JPEG tiles are instead decoded in batches on the GPU
-(:mod:`~napari_ssmamba.inference.jpeg_batches`), on a stream of their own, also two batches ahead.
-Tiles are converted and normalised on the device, and results stay there until the end, so the
-GPU is fed without waiting for copies back.
-On CUDA the model runs under bf16 autocast, replayed from CUDA graphs captured before the reader
-starts (:mod:`~napari_ssmamba.inference.graphs`). A ``torch.cuda.OutOfMemoryError`` halves the
+(:mod:`~napari_ssmamba.inference.jpeg_batches`), on a stream of their own, also two
+batches ahead, while another thread plans the next batch on the host. Batches start small and
+double, so the model starts early. Tiles are converted and normalised on the device, and results
+stay there until the end, so the GPU is fed without waiting for copies back.
+On CUDA the model runs under bf16 autocast, replayed from CUDA graphs captured while the first
+batches are planned (:mod:`~napari_ssmamba.inference.graphs`). A ``torch.cuda.OutOfMemoryError`` halves the
 batch size and retries the same tiles instead of failing.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
+import math
 import os
 import queue
 import threading
@@ -33,6 +36,11 @@ logger = logging.getLogger(__name__)
 ATTENTION_SIZE = 16
 CPU_BATCH_SIZE = 32
 CUDA_BATCH_SIZE = 256
+#: on CUDA the first batch has this many tiles and each next one CUDA_BATCH_GROWTH times as many
+#: (in whole CUDA-graph buckets), up to the batch size: the model starts after a short read instead
+#: of waiting for a whole batch
+CUDA_FIRST_BATCH = 64
+CUDA_BATCH_GROWTH = 2.0
 
 
 @dataclass
@@ -118,6 +126,14 @@ def _is_oom(error: BaseException) -> bool:
     return isinstance(error, torch.cuda.OutOfMemoryError)
 
 
+def _all_on(tensors, device) -> bool:
+    import torch
+
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return all(t.device == device for t in tensors)
+
+
 def classify_tiles(model, tiles_uint8, mean, std, attention: bool):
     """(b, h, w, 3) uint8 tiles on the model's device -> (probabilities, attention maps) or
     (probabilities,): normalised on the device, bf16 autocast on CUDA."""
@@ -148,7 +164,13 @@ class TileClassifier:
         from napari_ssmamba.inference.graphs import GraphedClassifier, graphed_classifier
 
         self.device = device
-        self.model = model.to(device).eval()
+        tensors = (*model.parameters(), *model.buffers())
+        if not _all_on(tensors, device):  # model.to costs ~1 ms even when nothing moves
+            model.to(device)
+            tensors = (*model.parameters(), *model.buffers())
+        if any(module.training for module in model.modules()):
+            model.eval()
+        self.model = model
         self.attention = attention
         self.mean = torch.tensor(card.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(card.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
@@ -164,6 +186,7 @@ class TileClassifier:
                     (self.mean.clone(), self.std.clone()),
                 ),
             )
+            self.graphs.follow(self.model, tensors)
 
     def prepare(self, batch_sizes, tile_hw) -> None:
         """Capture the CUDA graphs for these batch sizes now, not during the run."""
@@ -214,7 +237,11 @@ _reader_streams = {}
 
 
 def _reader_stream(device):
-    """One CUDA stream per device for making batches: the allocator reuses memory per stream."""
+    """One CUDA stream per device for making batches: the allocator reuses memory per stream.
+
+    (A high-priority stream made no measurable difference on the H100:
+    bench/results/decoders_priority_2026-11-23_h100_*.json.)
+    """
     import torch
 
     if device not in _reader_streams:
@@ -222,76 +249,111 @@ def _reader_stream(device):
     return _reader_streams[device]
 
 
-def batch_sizes(n: int, batch_size: int) -> list[int]:
-    """The sizes of the batches ``n`` tiles are read in: ``batch_size`` each, the last one smaller.
+def batch_sizes(
+    n: int, batch_size: int, first: int | None = None, growth: float = 2.0
+) -> list[int]:
+    """The sizes of the batches ``n`` tiles are read in: ``first`` (default ``batch_size``), then
+    ``growth`` times more each time, rounded up to whole CUDA-graph buckets, up to ``batch_size``;
+    the last one takes what is left."""
+    from napari_ssmamba.inference.graphs import BUCKET_STEP
 
-    (A quarter-size first batch, to start the model sooner, measured slower with CUDA graphs in
-    7 of 8 runs on the H100: bench/results/pipeline_graphs_2026-11-23_h100_*.json.)
-    """
-    return [min(batch_size, n - start) for start in range(0, n, batch_size)]
+    sizes, size = [], min(first or batch_size, batch_size)
+    while sum(sizes) < n:
+        sizes.append(min(size, n - sum(sizes)))
+        size = min(math.ceil(size * growth / BUCKET_STEP) * BUCKET_STEP, batch_size)
+    return sizes
 
 
 class _BatchReader:
-    """A thread that makes the batches of tiles, queued ``depth`` ahead of the model.
+    """Two threads that make the batches of tiles, queued ``depth`` ahead of the model.
 
     ``read_tile`` is either a per-box reader (its tiles are read by a pool of ``num_readers``
     threads and stacked into pinned memory when ``pin``) or a batch reader such as
     :class:`~napari_ssmamba.inference.jpeg_batches.JpegBatchReader` (``batched=True``) whose
-    batches are made on the CUDA device, on a stream of their own.
+    batches are planned on the host (``read_tile.plan``) by one thread while another makes the
+    previous plan's batch on the CUDA device (``read_tile.make``), on a stream of its own: the
+    host work of one batch overlaps the decoding of the last. Planning starts at once; making
+    waits for :meth:`start`, so that CUDA graphs can be captured first.
     """
 
     def __init__(self, read_tile, boxes_l0, sizes, num_readers, pin, device, batched, depth=2):
-        self._read_tile, self._boxes, self._sizes = read_tile, boxes_l0, sizes
-        self._pin, self._batched = pin, batched
+        self._read_tile, self._pin, self._batched = read_tile, pin, batched
         self._stream = _reader_stream(device) if batched and device.type == "cuda" else None
         self._pool = (
             None
             if batched
             else ThreadPoolExecutor(max_workers=num_readers, thread_name_prefix="tile-reader")
         )
+        self._plans = queue.Queue(maxsize=depth)
         self._queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="tile-batcher", daemon=True)
-        self._thread.start()
+        starts = np.cumsum([0, *sizes])
+        batches = [boxes_l0[a:b] for a, b in itertools.pairwise(starts)]
+        self._threads = [
+            threading.Thread(target=self._plan_all, args=(batches,), name="tile-planner"),
+            threading.Thread(target=self._make_all, name="tile-batcher"),
+        ]
+        for thread in self._threads:
+            thread.daemon = True
+        self._threads[0].start()
 
-    def _put(self, item) -> bool:
+    def start(self) -> None:
+        """Start making batches (the device work)."""
+        self._threads[1].start()
+
+    def _put(self, target, item) -> bool:
         while not self._stop.is_set():
             try:
-                self._queue.put(item, timeout=0.1)
+                target.put(item, timeout=0.1)
                 return True
             except queue.Full:
                 continue
         return False
 
-    def _make_batch(self, boxes):
+    def _get(self, source):
+        while not self._stop.is_set():
+            try:
+                return source.get(timeout=0.1)
+            except queue.Empty:
+                continue
+        return None
+
+    def _plan_all(self, batches) -> None:
+        try:
+            for boxes in batches:
+                plan = self._read_tile.plan(boxes) if self._batched else boxes
+                if not self._put(self._plans, plan):
+                    return
+            self._put(self._plans, None)
+        except BaseException as error:  # noqa: BLE001 (handed on to the consumer, which raises it)
+            self._put(self._plans, error)
+
+    def _make_batch(self, plan):
         import torch
 
         if self._stream is not None:
             with torch.cuda.stream(self._stream):
-                batch = self._read_tile(boxes)
+                batch = self._read_tile.make(plan)
                 ready = torch.cuda.Event()
                 ready.record(self._stream)
             return batch, ready
         if self._batched:
-            return self._read_tile(boxes), None
-        tiles = list(self._pool.map(self._read_tile, boxes))
+            return self._read_tile.make(plan), None
+        tiles = list(self._pool.map(self._read_tile, plan))
         batch = torch.empty((len(tiles), *tiles[0].shape), dtype=torch.uint8, pin_memory=self._pin)
         np.stack(tiles, out=batch.numpy())
         return batch, None
 
-    def _run(self) -> None:
+    def _make_all(self) -> None:
         try:
-            start = 0
-            for size in self._sizes:
-                if self._stop.is_set():
+            while (plan := self._get(self._plans)) is not None:
+                if isinstance(plan, BaseException):
+                    raise plan
+                if not self._put(self._queue, self._make_batch(plan)):
                     return
-                batch = self._make_batch(self._boxes[start : start + size])
-                start += size
-                if not self._put(batch):
-                    return
-            self._put(None)
+            self._put(self._queue, None)
         except BaseException as error:  # noqa: BLE001 (handed to the consumer, which raises it)
-            self._put(error)
+            self._put(self._queue, error)
 
     def __iter__(self):
         import torch
@@ -311,7 +373,9 @@ class _BatchReader:
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join()
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
@@ -345,7 +409,6 @@ def predict_tiles(
 
     progress = progress or no_progress
     torch_device = resolve_device(device)
-    classify = TileClassifier(model, card, torch_device, attention, cuda_graphs)
     batch_size = int(batch_size or default_batch_size(torch_device))
     n = len(boxes_l0)
     num_classes = len(card.class_names)
@@ -357,14 +420,16 @@ def predict_tiles(
             batch_size,
         )
     num_readers = num_readers or min(16, os.cpu_count() or 1)
-    sizes = batch_sizes(n, batch_size)
-    classify.prepare(sizes, (card.tile_size, card.tile_size))
-    reader = _BatchReader(
+    on_cuda = torch_device.type == "cuda"
+    sizes = batch_sizes(
+        n, batch_size, CUDA_FIRST_BATCH if on_cuda else None, CUDA_BATCH_GROWTH if on_cuda else 2.0
+    )
+    reader = _BatchReader(  # plans the first batches while the model is set up
         read_tile,
         boxes_l0,
         sizes,
         num_readers,
-        pin=torch_device.type == "cuda",
+        pin=on_cuda,
         device=torch_device,
         batched=batched,
     )
@@ -372,6 +437,9 @@ def predict_tiles(
     done = 0
     progress(0, n, "Classifying tiles")
     try:
+        classify = TileClassifier(model, card, torch_device, attention, cuda_graphs)
+        classify.prepare(sizes, (card.tile_size, card.tile_size))
+        reader.start()
         for tiles in reader:
             if cancel is not None and cancel.is_set():
                 raise CancelledError("classification cancelled by the user")
