@@ -32,6 +32,17 @@ def cpu_decoder(slide, geometry, colorspace=None):
     return libjpeg_decoder(colorspace or jpeg.colorspace)
 
 
+def counting_decoder(slide, geometry):
+    """libjpeg-turbo that notes how many JPEG tiles each call decodes: (the counts, the decoder)."""
+    counts, plain = [], cpu_decoder(slide, geometry)
+
+    def counting(streams, out):
+        counts.append(len(streams))
+        plain(streams, out)
+
+    return counts, counting
+
+
 @pytest.fixture(scope="module")
 def ycbcr_pyramid(tmp_path_factory, sample_slide_path):
     """A 2-level YCbCr JPEG pyramid (256 px tiles, edges not on the tile grid) at 0.25 µm/px.
@@ -116,13 +127,7 @@ def test_a_tile_the_file_does_not_store_is_white(sample_slide):
 def test_decoded_tiles_are_reused_by_the_next_batch(ycbcr_pyramid):
     with open_slide(ycbcr_pyramid) as slide:
         geometry = tile_geometry(slide.mpp, slide.level_downsamples, 224, 0.5)
-        decoded = []
-        plain = cpu_decoder(slide, geometry)
-
-        def counting(streams, out):
-            decoded.append(len(streams))
-            plain(streams, out)
-
+        decoded, counting = counting_decoder(slide, geometry)
         reader = JpegBatchReader(slide, geometry, "cpu", decode=counting)
         first = reader(np.array([[0, 0, 448, 448]]))  # level-1 pixels 0-223: JPEG tile (0, 0)
         again = reader(np.array([[448, 0, 448, 448]]))  # 224-447: tiles (0, 0) and (0, 1)
@@ -139,13 +144,7 @@ def test_tiles_kept_from_the_last_batch_land_in_the_right_place(ycbcr_pyramid):
         boxes = np.array(
             [[x, y, t, t] for y in range(0, height, t // 2) for x in range(0, width, t // 2)]
         )
-        decoded = []
-        plain = cpu_decoder(slide, geometry)
-
-        def counting(streams, out):
-            decoded.append(len(streams))
-            plain(streams, out)
-
+        decoded, counting = counting_decoder(slide, geometry)
         reader = JpegBatchReader(slide, geometry, "cpu", decode=counting)
         got = np.concatenate([reader(boxes[i : i + 5]).numpy() for i in range(0, len(boxes), 5)])
         expected = np.stack([SlideTileReader(slide, geometry)(box) for box in boxes])

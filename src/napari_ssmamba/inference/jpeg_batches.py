@@ -171,8 +171,9 @@ class JpegBatchReader:
     ``decode(streams, out)`` decodes a list of JPEG streams into ``out``, an (n, h, w, 3) uint8
     tensor on ``device``: "nvjpeg" (:func:`nvjpeg_decoder`, the default), "libjpeg"
     (:func:`libjpeg_decoder`) or a function. On CUDA the work is enqueued on the current stream and
-    the batch is ready when that stream is. Raises ValueError when the level the geometry reads is not stored as JPEG tiles, or
-    nvJPEG is asked to decode RGB-coded JPEG.
+    the batch is ready when that stream is. :meth:`plan` and :meth:`make` split a batch into its
+    host and device halves. Raises ValueError when the level the geometry reads is not stored as
+    JPEG tiles, or nvJPEG is asked to decode RGB-coded JPEG.
     """
 
     def __init__(self, slide, geometry, device, decode: Callable | str = "nvjpeg"):
@@ -208,6 +209,8 @@ class JpegBatchReader:
 
         The tile is (row, col) of the level's grid, or the stored tile nearest the grid's centre.
         """
+        import torch
+
         if row is None or col is None:
             rows, cols = np.nonzero(self.jpeg.stored)
             if not len(rows):
@@ -220,8 +223,6 @@ class JpegBatchReader:
         h = min(tile_h, self.jpeg.shape_hw[0] - y)
         w = min(tile_w, self.jpeg.shape_hw[1] - x)
         expected = self.slide.level_readers[self.geometry.level].read(y, x, h, w)
-        import torch
-
         decoded = torch.empty((1, tile_h, tile_w, 3), dtype=torch.uint8, device=self.device)
         self.decode([self.jpeg.stream(row, col)], decoded)
         got = decoded[0, :h, :w].cpu().numpy().astype(np.int16)

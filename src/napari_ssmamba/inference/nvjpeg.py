@@ -26,7 +26,7 @@ import threading
 from napari_ssmamba.errors import BackendUnavailableError
 
 _BACKEND_DEFAULT, _BACKEND_HARDWARE = 0, 3
-_OUTPUT_RGB, _OUTPUT_RGBI = 3, 5
+_OUTPUT_RGBI = 5  # interleaved RGB
 _FLAGS_ENABLE_MEMORY_POOLS = 1 << 1
 _STATUS = {
     1: "not initialized",
@@ -155,8 +155,6 @@ class BatchedJpegDecoder:
                 self._lib.nvjpegJpegStateCreate(self._handle, self._state), "nvjpegJpegStateCreate"
             )
         self._batch_size = 0
-        #: nvJPEG writes interleaved RGB into the caller's tensor; False once it refused to
-        self.interleaved = True
         self._lock = threading.Lock()
         self._in_flight = None  # (event, what the GPU may still read) of the last decode
 
@@ -211,56 +209,31 @@ class BatchedJpegDecoder:
                 )
         data = (ctypes.c_char_p * n)(*streams)
         lengths = (ctypes.c_size_t * n)(*map(len, streams))
-        with self._lock, torch.cuda.device(self.device), torch.cuda.stream(stream):
+        images = (_Image * n)()
+        base, image_bytes = out.data_ptr(), height * width * 3
+        for index in range(n):
+            images[index].channel[0] = base + index * image_bytes
+            images[index].pitch[0] = width * 3
+        with self._lock, torch.cuda.device(self.device):
             if self._in_flight is not None:
                 self._in_flight[0].synchronize()  # nvJPEG's state is not ours until then
-            try:
-                images, planes = self._decode(data, lengths, out, stream)
-            except NvJpegError:
-                if not self.interleaved:
-                    raise
-                self.interleaved = False  # this GPU's decoder writes separate planes only
-                self._batch_size = 0
-                images, planes = self._decode(data, lengths, out, stream)
-            if planes is not None:
-                out.copy_(planes.permute(0, 2, 3, 1))
+            if n != self._batch_size:
+                _check(
+                    self._lib.nvjpegDecodeBatchedInitialize(
+                        self._handle, self._state, n, 1, _OUTPUT_RGBI
+                    ),
+                    "nvjpegDecodeBatchedInitialize",
+                )
+                self._batch_size = n
+            _check(
+                self._lib.nvjpegDecodeBatched(
+                    self._handle, self._state, data, lengths, images, stream.cuda_stream
+                ),
+                "nvjpegDecodeBatched",
+            )
             done = torch.cuda.Event()
             done.record(stream)
             self._in_flight = (done, (streams, data, lengths, images))
-
-    def _decode(self, data, lengths, out, stream):
-        """One nvjpegDecodeBatched call: into ``out`` as interleaved RGB, or into R, G and B
-        planes that it returns (then None for ``out``)."""
-        import torch
-
-        n, height, width = out.shape[:3]
-        images = (_Image * n)()
-        if self.interleaved:
-            planes, base, image_bytes = None, out.data_ptr(), height * width * 3
-            for index in range(n):
-                images[index].channel[0] = base + index * image_bytes
-                images[index].pitch[0] = width * 3
-        else:
-            planes = torch.empty((n, 3, height, width), dtype=torch.uint8, device=out.device)
-            base, plane_bytes = planes.data_ptr(), height * width
-            for index in range(n):
-                for channel in range(3):
-                    images[index].channel[channel] = base + (3 * index + channel) * plane_bytes
-                    images[index].pitch[channel] = width
-        if n != self._batch_size:
-            output = _OUTPUT_RGBI if self.interleaved else _OUTPUT_RGB
-            _check(
-                self._lib.nvjpegDecodeBatchedInitialize(self._handle, self._state, n, 1, output),
-                "nvjpegDecodeBatchedInitialize",
-            )
-            self._batch_size = n
-        _check(
-            self._lib.nvjpegDecodeBatched(
-                self._handle, self._state, data, lengths, images, stream.cuda_stream
-            ),
-            "nvjpegDecodeBatched",
-        )
-        return images, planes
 
 
 def decoder_for(device) -> BatchedJpegDecoder:

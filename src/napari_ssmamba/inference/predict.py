@@ -3,13 +3,13 @@
 Reading and resampling run in a thread pool (OpenSlide and PIL release the GIL); a batching thread
 stacks the tiles into uint8 batches (in pinned memory on CUDA) two batches ahead of the model. On
 CUDA, slides stored as JPEG tiles are instead decoded in batches on the GPU
-(:mod:`~napari_ssmamba.inference.jpeg_batches`), on a stream of their own, also two
-batches ahead, while another thread plans the next batch on the host. Batches start small and
-double, so the model starts early. Tiles are converted and normalised on the device, and results
-stay there until the end, so the GPU is fed without waiting for copies back.
+(:mod:`~napari_ssmamba.inference.jpeg_batches`), on a stream of their own, also two batches
+ahead, while another thread plans the next batch on the host. Batches start small and double, so
+the model starts early. Tiles are converted and normalised on the device, and results stay there
+until the end, so the GPU is fed without waiting for copies back.
 On CUDA the model runs under bf16 autocast, replayed from CUDA graphs captured while the first
-batches are planned (:mod:`~napari_ssmamba.inference.graphs`). A ``torch.cuda.OutOfMemoryError`` halves the
-batch size and retries the same tiles instead of failing.
+batches are planned (:mod:`~napari_ssmamba.inference.graphs`). A ``torch.cuda.OutOfMemoryError``
+halves the batch size and retries the same tiles instead of failing.
 """
 
 from __future__ import annotations
