@@ -100,4 +100,72 @@ def test_a_read_error_reaches_the_caller(small_model):
         return _reader(box)
 
     with pytest.raises(SlideError, match="Bogus marker"):
-        predict_tiles(broken_reader, BOXES, model, card, device="cpu", batch_size=2, attention=False)
+        predict_tiles(
+            broken_reader, BOXES, model, card, device="cpu", batch_size=2, attention=False
+        )
+
+
+class PlannedReader:
+    """A batch reader in two halves, like JpegBatchReader: ``plan`` on the host, ``make`` after.
+
+    Notes the thread each half ran on; ``fail_at`` makes the plan of that batch raise.
+    """
+
+    def __init__(self, fail_at=None):
+        self.threads = {"plan": set(), "make": set()}
+        self.fail_at, self.planned = fail_at, 0
+
+    def plan(self, boxes):
+        self.threads["plan"].add(threading.current_thread().name)
+        self.planned += 1
+        if self.planned == self.fail_at:
+            raise ValueError("slide.tif: JPEG tile 7 is 3 components of 64 x 64 px (simulated)")
+        return boxes
+
+    def make(self, boxes):
+        self.threads["make"].add(threading.current_thread().name)
+        return torch.from_numpy(np.stack([_reader(box) for box in boxes]))
+
+
+def _reader_threads():
+    return [t for t in threading.enumerate() if t.name in ("tile-planner", "tile-batcher")]
+
+
+def test_batches_are_planned_and_made_on_two_threads(small_model):
+    model, card = small_model
+    reader = PlannedReader()
+    batched = predict_tiles(
+        reader, BOXES, model, card, device="cpu", batch_size=3, attention=False, batched=True
+    )
+    boxwise = predict_tiles(
+        _reader, BOXES, model, card, device="cpu", batch_size=3, attention=False
+    )
+    assert reader.threads == {"plan": {"tile-planner"}, "make": {"tile-batcher"}}
+    np.testing.assert_allclose(batched.probabilities, boxwise.probabilities, atol=1e-6)
+    assert not _reader_threads()
+
+
+def test_a_planning_error_reaches_the_caller_and_the_threads_end(small_model):
+    model, card = small_model
+    with pytest.raises(ValueError, match="JPEG tile 7"):
+        predict_tiles(
+            PlannedReader(fail_at=3),
+            BOXES,
+            model,
+            card,
+            device="cpu",
+            batch_size=2,
+            attention=False,
+            batched=True,
+        )
+    assert not _reader_threads()
+
+
+def test_a_model_that_cannot_be_set_up_leaves_no_reader_running(small_model):
+    import dataclasses
+
+    model, card = small_model
+    card = dataclasses.replace(card, mean=(0.5, 0.5))  # two channels: cannot normalise RGB
+    with pytest.raises(RuntimeError):
+        predict_tiles(PlannedReader(), BOXES, model, card, device="cpu", batch_size=2, batched=True)
+    assert not _reader_threads()
