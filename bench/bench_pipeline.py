@@ -251,10 +251,14 @@ def time_baseline(slide_path, model, card, result, device, batch_size, num_worke
     return time.perf_counter() - start
 
 
-def time_click_to_result(slide_path, checkpoint, roi, device, loaded_model=None) -> dict:
+def time_click_to_result(
+    slide_path, checkpoint, roi, device, loaded_model=None, cache=None
+) -> dict:
     """What the Classify widget's worker does after Run, without napari (see ``time_gui``).
 
-    ``loaded_model``: the (model, card) a previous Run loaded, which the widget keeps.
+    ``loaded_model``: the (model, card) a previous Run loaded, which the widget keeps; ``cache``:
+    the widget's ``ClassificationCache`` from a previous Run (tissue mask, unchanged ROIs), or a
+    new one.
     """
     from napari_ssmamba.inference import ClassificationCache, classify_slide
     from napari_ssmamba.model import load_checkpoint
@@ -265,9 +269,8 @@ def time_click_to_result(slide_path, checkpoint, roi, device, loaded_model=None)
         start = time.perf_counter()
         model, card = loaded_model or load_checkpoint(checkpoint, device="cpu")
         loaded = time.perf_counter()
-        result = classify_slide(
-            slide, model, card, rois=[roi], device=str(device), cache=ClassificationCache()
-        )
+        cache = cache if cache is not None else ClassificationCache()
+        result = classify_slide(slide, model, card, rois=[roi], device=str(device), cache=cache)
         _sync(device)
         end = time.perf_counter()
     return {
@@ -279,6 +282,7 @@ def time_click_to_result(slide_path, checkpoint, roi, device, loaded_model=None)
         "cuda_graphs": result.parameters["cuda_graphs"],
         "timings_s": result.timings,
         "model": (model, card),
+        "cache": cache,
     }
 
 
@@ -589,6 +593,8 @@ def main(argv=None) -> int:
         if device.type == "cuda":
             import tempfile
 
+            import shapely.affinity
+
             from napari_ssmamba.model import save_checkpoint
 
             print(f"[{label}] click to result ...", file=sys.stderr, flush=True)
@@ -596,9 +602,24 @@ def main(argv=None) -> int:
                 checkpoint = save_checkpoint(model, card, Path(tmp) / "model.safetensors")
                 first = time_click_to_result(args.slide, checkpoint, roi, device)
                 again = time_click_to_result(args.slide, checkpoint, roi, device, first["model"])
+                # the user moves the ROI by half its width and runs again: the widget keeps its
+                # model and cache, so the tissue mask is not computed again
+                x0, _, x1, _ = roi.bounds
+                moved = time_click_to_result(
+                    args.slide,
+                    checkpoint,
+                    shapely.affinity.translate(roi, xoff=(x1 - x0) / 2),
+                    device,
+                    first["model"],
+                    first["cache"],
+                )
                 results["cases"][label]["click_to_result"] = [
-                    {k: v for k, v in click.items() if k != "model"} for click in (first, again)
+                    {k: v for k, v in click.items() if k not in ("model", "cache")}
+                    for click in (first, again)
                 ]
+                results["cases"][label]["click_to_result_moved_roi"] = {
+                    k: v for k, v in moved.items() if k not in ("model", "cache")
+                }
         if whole:
             results["cases"]["whole_slide"] = run_case(
                 "whole_slide",
