@@ -81,6 +81,33 @@ def roi_around_tissue(slide, side_mm: float):
     return shapely.box(x0, y0, min(x0 + side_x, width), min(y0 + side_y, height))
 
 
+def roi_and_whole_slide(slide, model, card, roi_mm: float, device="cuda") -> dict:
+    """``classify_slide`` results (their tile plans) for an ``roi_mm`` ROI centred on the tissue
+    and for the whole tissue, without attention maps, by case name (the ROI first)."""
+    from napari_ssmamba.inference import classify_slide
+
+    roi = roi_around_tissue(slide, roi_mm)
+    return {
+        f"roi_{roi_mm:g}mm": classify_slide(
+            slide, model, card, rois=[roi], device=str(device), attention=False
+        ),
+        "whole_slide": classify_slide(slide, model, card, device=str(device), attention=False),
+    }
+
+
+def best_of(run, repeats: int, device) -> float:
+    """Seconds of ``run()``: the best of ``repeats`` runs after a warm-up, the device synchronised
+    before and after each."""
+    times = []
+    for _ in range(repeats + 1):
+        _sync(device)
+        start = time.perf_counter()
+        run()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return min(times[1:])
+
+
 def time_pipeline(
     slide,
     model,

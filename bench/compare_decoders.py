@@ -57,9 +57,9 @@ def main() -> int:
     import torch
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from bench_pipeline import environment, random_model, roi_around_tissue
+    from bench_pipeline import best_of, environment, random_model, roi_and_whole_slide
 
-    from napari_ssmamba.inference import classify_slide, predict
+    from napari_ssmamba.inference import predict
     from napari_ssmamba.inference.jpeg_batches import JpegBatchReader, libjpeg_decoder
     from napari_ssmamba.inference.nvjpeg import decoder_for
     from napari_ssmamba.inference.predict import TileClassifier, batch_sizes, predict_tiles
@@ -81,27 +81,18 @@ def main() -> int:
     }
 
     def best(run):
-        times = []
-        for _ in range(args.repeats + 1):  # the first is a warm-up
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-            run()
-            torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-        return min(times[1:])
+        return best_of(run, args.repeats, device)
 
     with open_slide(args.slide) as slide:
-        whole = classify_slide(slide, model, card, device="cuda", attention=False)
-        roi = roi_around_tissue(slide, args.roi_mm)
-        in_roi = classify_slide(slide, model, card, rois=[roi], device="cuda", attention=False)
-        jpeg = slide.jpeg_tiles(whole.geometry.level)
+        cases = roi_and_whole_slide(slide, model, card, args.roi_mm, device)
+        jpeg = slide.jpeg_tiles(cases["whole_slide"].geometry.level)
         decoders = {
             "nvjpeg": "nvjpeg",
             "torchvision": torchvision_decoder(),
             "libjpeg": libjpeg_decoder(jpeg.colorspace),
         }
         decoders = {name: decoders[name] for name in args.decoders.split(",")}
-        for case, result in (("whole_slide", whole), (f"roi_{args.roi_mm:g}mm", in_roi)):
+        for case, result in reversed(cases.items()):  # the whole slide first
             geometry, boxes = result.geometry, result.tile_boxes_l0
             tiles = JpegBatchReader(slide, geometry, device)(boxes)
             reference = JpegBatchReader(slide, geometry, device, decode=decoders["nvjpeg"])

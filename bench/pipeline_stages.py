@@ -103,9 +103,8 @@ def main() -> int:
     import torch
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from bench_pipeline import environment, random_model, roi_around_tissue
+    from bench_pipeline import best_of, environment, random_model, roi_and_whole_slide
 
-    from napari_ssmamba.inference import classify_slide
     from napari_ssmamba.inference.jpeg_batches import tile_reader_for
     from napari_ssmamba.inference.predict import predict_tiles
     from napari_ssmamba.slide import open_slide
@@ -114,13 +113,7 @@ def main() -> int:
     model, card = random_model(args.arch)
     out = {"benchmark": "pipeline_stages", "arch": args.arch, "environment": environment(device)}
     with open_slide(args.slide) as slide:
-        roi = roi_around_tissue(slide, args.roi_mm)
-        cases = {
-            f"roi_{args.roi_mm:g}mm": classify_slide(
-                slide, model, card, rois=[roi], device="cuda", attention=False
-            ),
-            "whole_slide": classify_slide(slide, model, card, device="cuda", attention=False),
-        }
+        cases = roi_and_whole_slide(slide, model, card, args.roi_mm, device)
         for case, result in cases.items():
             reader = tile_reader_for(slide, result.geometry, device)
             boxes = result.tile_boxes_l0
@@ -134,14 +127,8 @@ def main() -> int:
             best = {}
             for interval in (5e-3, 1e-4):
                 sys.setswitchinterval(interval)
-                times = []
-                for _ in range(args.repeats + 1):
-                    torch.cuda.synchronize()
-                    start = time.perf_counter()
-                    run()
-                    torch.cuda.synchronize()
-                    times.append(time.perf_counter() - start)
-                best[f"switch_interval_{interval * 1e3:g}ms"] = round(min(times[1:]) * 1e3, 2)
+                seconds = best_of(run, args.repeats, device)
+                best[f"switch_interval_{interval * 1e3:g}ms"] = round(seconds * 1e3, 2)
             sys.setswitchinterval(5e-3)
             rows = timeline(run)
             out[case] = {"tiles": len(boxes), "best_ms": best, "timeline": rows}

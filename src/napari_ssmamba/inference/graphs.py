@@ -68,12 +68,15 @@ class GraphedClassifier:
         since the graphs were captured."""
         layout = _storage_layout(model, tensors)
         with self._lock:
-            if layout != self._layout:
-                self._graphs.clear()
-                self._pool, self._layout = None, layout
+            self._drop_if_moved(layout)
+
+    def _drop_if_moved(self, layout: tuple[int, ...]) -> None:
+        if layout != self._layout:  # first use, or the weights moved: every graph is stale
+            self._graphs.clear()
+            self._pool, self._layout = None, layout
 
     def prepare(self, model, batch_sizes: Iterable[int], tile_hw: tuple[int, int]) -> None:
-        """Capture the graphs for these batch sizes now (before reader threads start)."""
+        """Capture the graphs for these batch sizes now (before the run's device work starts)."""
         with self._lock:
             for n in sorted({bucket_size(int(n)) for n in batch_sizes}, reverse=True):
                 self._entry(model, n, tile_hw)
@@ -104,10 +107,7 @@ class GraphedClassifier:
             return None
         key = (bucket_size(n), *tile_hw)
         if key not in self._graphs:
-            layout = _storage_layout(model)
-            if layout != self._layout:  # first use, or the weights moved: every graph is stale
-                self._graphs.clear()
-                self._pool, self._layout = None, layout
+            self._drop_if_moved(_storage_layout(model))
             try:
                 self._graphs[key] = self._capture(model, *key)
             except Exception as error:  # noqa: BLE001 - the model still runs eagerly

@@ -400,9 +400,7 @@ def _why_not_nvjpeg(slide, geometry, device) -> str | None:
     """None when nvJPEG reads this level with the slide reader's pixels, else the reason."""
     try:
         difference = JpegBatchReader(slide, geometry, device, "nvjpeg").check()
-    except ImportError as error:
-        return str(error)
-    except ValueError as error:
+    except (ImportError, ValueError) as error:  # no libnvjpeg; not YCbCr JPEG tiles
         return str(error)
     except Exception as error:  # noqa: BLE001 - a decoder failure is a reason to use the CPU
         return f"nvJPEG failed on the check tile ({type(error).__name__}: {error})"
