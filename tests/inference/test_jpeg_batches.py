@@ -253,3 +253,28 @@ def test_libjpeg_tiles_reach_the_gpu_unchanged(sample_slide):
     got = on_gpu(boxes)
     assert got.is_cuda
     np.testing.assert_array_equal(got.cpu().numpy(), on_cpu(boxes).numpy())
+
+
+def test_the_gather_is_chosen_by_name(ycbcr_pyramid):
+    with open_slide(ycbcr_pyramid) as slide:
+        geometry = tile_geometry(slide.mpp, slide.level_downsamples, 224, 0.5)
+        decode = cpu_decoder(slide, geometry)
+        assert JpegBatchReader(slide, geometry, "cpu", decode=decode).gather == "torch"
+        with pytest.raises(BackendUnavailableError, match="Triton.*CUDA devices"):
+            JpegBatchReader(slide, geometry, "cpu", decode=decode, gather="triton")
+        with pytest.raises(ValueError, match="gather must be one of"):
+            JpegBatchReader(slide, geometry, "cpu", decode=decode, gather="numpy")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mpp", [0.5, 0.6])  # level 1 as it is; resampled
+def test_the_triton_gather_gives_torch_indexings_tiles(ycbcr_pyramid, mpp):
+    with open_slide(ycbcr_pyramid) as slide:
+        geometry = tile_geometry(slide.mpp, slide.level_downsamples, 224, mpp)
+        boxes = boxes_over(slide, geometry)
+        readers = [JpegBatchReader(slide, geometry, "cuda", gather=g) for g in ("triton", "torch")]
+        assert [reader.gather for reader in readers] == ["triton", "torch"]
+        half = len(boxes) // 2
+        for batch in (boxes[:half], boxes[half:]):  # the second batch keeps tiles of the first
+            got, expected = (reader(batch).cpu().numpy() for reader in readers)
+            np.testing.assert_array_equal(got, expected)

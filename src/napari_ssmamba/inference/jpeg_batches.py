@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 MAX_MEAN_DIFFERENCE = 10.0
 #: the tile decoders :func:`tile_reader_for` chooses from
 DECODERS = ("auto", "cpu", "nvjpeg", "libjpeg")
+#: how :meth:`JpegBatchReader.make` gathers model tiles: "auto" is Triton on CUDA where it imports
+GATHERS = ("auto", "triton", "torch")
 #: threads of the libjpeg decoder
 DECODER_THREADS = min(16, os.cpu_count() or 1)
 
@@ -142,18 +144,19 @@ def _axis_sources(start, size_l0, slide_len, level_len, downsample):
     return np.where(inside, source, WHITE).astype(np.int64), out_size
 
 
-def _cells_covered(rows: np.ndarray, cols: np.ndarray, tile_hw, grid_w: int) -> np.ndarray:
-    """Sorted grid keys (row * grid_w + col) of the JPEG tiles that the boxes' pixels fall in.
+def _cell_spans(source: np.ndarray, tile_len: int):
+    """Per row of ``source`` ((n, out) level pixels, negative: no pixel): its first and last JPEG
+    grid cell, and whether it has a pixel at all."""
+    valid = source >= 0
+    low = np.where(valid, source, np.iinfo(np.int64).max).min(axis=1) // tile_len
+    high = np.where(valid, source, -1).max(axis=1) // tile_len
+    return low, high, valid.any(axis=1)
 
-    ``rows`` and ``cols`` are (b, out) level pixels (negative: no pixel), increasing by one.
-    """
-    spans = []
-    for source, tile_len in ((rows, tile_hw[0]), (cols, tile_hw[1])):
-        valid = source >= 0
-        low = np.where(valid, source, np.iinfo(np.int64).max).min(axis=1) // tile_len
-        high = np.where(valid, source, -1).max(axis=1) // tile_len
-        spans.append((low, high, valid.any(axis=1)))
-    (r0, r1, r_ok), (c0, c1, c_ok) = spans
+
+def _cells_covered(row_spans, col_spans, grid_w: int) -> np.ndarray:
+    """Sorted grid keys (row * grid_w + col) of the JPEG tiles that the boxes' pixels fall in,
+    from the boxes' row and column :func:`_cell_spans`."""
+    (r0, r1, r_ok), (c0, c1, c_ok) = row_spans, col_spans
     k_r = np.arange(int((r1 - r0).max(initial=0)) + 1)[None, :, None]
     k_c = np.arange(int((c1 - c0).max(initial=0)) + 1)[None, None, :]
     keys = (r0[:, None, None] + k_r) * grid_w + (c0[:, None, None] + k_c)
@@ -171,12 +174,16 @@ class JpegBatchReader:
     ``decode(streams, out)`` decodes a list of JPEG streams into ``out``, an (n, h, w, 3) uint8
     tensor on ``device``: "nvjpeg" (:func:`nvjpeg_decoder`, the default), "libjpeg"
     (:func:`libjpeg_decoder`) or a function. On CUDA the work is enqueued on the current stream and
-    the batch is ready when that stream is. :meth:`plan` and :meth:`make` split a batch into its
-    host and device halves. Raises ValueError when the level the geometry reads is not stored as
-    JPEG tiles, or nvJPEG is asked to decode RGB-coded JPEG.
+    the batch is ready when that stream is. The model tiles are then gathered from the decoded
+    tiles by one Triton kernel on CUDA (:mod:`~napari_ssmamba.inference.triton_gather`), else
+    with torch indexing (``gather``: "auto", "triton", "torch"). :meth:`plan` and :meth:`make`
+    split a batch into its host and device halves. Raises ValueError when the level the geometry
+    reads is not stored as JPEG tiles, or nvJPEG is asked to decode RGB-coded JPEG.
     """
 
-    def __init__(self, slide, geometry, device, decode: Callable | str = "nvjpeg"):
+    def __init__(
+        self, slide, geometry, device, decode: Callable | str = "nvjpeg", gather: str = "auto"
+    ):
         import torch
 
         self.slide = slide
@@ -197,6 +204,9 @@ class JpegBatchReader:
         elif isinstance(decode, str):
             raise ValueError(f"decode must be 'nvjpeg', 'libjpeg' or a function, not {decode!r}")
         self.decode = decode
+        self._gather = _gatherer(gather, self.device)
+        #: how tiles are gathered from the decoded JPEG tiles: "triton" or "torch"
+        self.gather = "torch" if self._gather is gather_with_torch else "triton"
         background = np.asarray(slide.background, dtype=np.uint8)[:3]
         self._constants = torch.tensor(
             np.stack([np.full(3, 255, np.uint8), background]), device=self.device
@@ -245,11 +255,18 @@ class JpegBatchReader:
         boxes = np.asarray(boxes_l0, dtype=np.int64).reshape(-1, 4)
         width, height = (int(v) for v in self.slide.dimensions)
         level_h, level_w = self.jpeg.shape_hw
-        rows, out_size = _axis_sources(boxes[:, 1], g.tile_l0, height, level_h, g.level_downsample)
-        cols, _ = _axis_sources(boxes[:, 0], g.tile_l0, width, level_w, g.level_downsample)
         tile_h, tile_w = self.jpeg.tile_hw
         grid_h, grid_w = self.jpeg.grid_hw
-        keys = _cells_covered(rows, cols, self.jpeg.tile_hw, grid_w)
+        # boxes share their rows' and columns' starts: work out each start once
+        ys, y_of_box = np.unique(boxes[:, 1], return_inverse=True)
+        xs, x_of_box = np.unique(boxes[:, 0], return_inverse=True)
+        rows, out_size = _axis_sources(ys, g.tile_l0, height, level_h, g.level_downsample)
+        cols, _ = _axis_sources(xs, g.tile_l0, width, level_w, g.level_downsample)
+        keys = _cells_covered(
+            [a[y_of_box] for a in _cell_spans(rows, tile_h)],
+            [a[x_of_box] for a in _cell_spans(cols, tile_w)],
+            grid_w,
+        )
         keys = keys[self.jpeg.stored.ravel()[keys]] if len(keys) else keys
         # tiles the last batch decoded are copied from its buffer; the others are decoded into
         # the start of the new one
@@ -271,19 +288,18 @@ class JpegBatchReader:
         slot[grid_h + 1, :] = slot[:, grid_w + 1] = background
         slot[grid_h, :] = slot[:, grid_w] = white
 
-        def cell_and_offset(source, tile_len, grid_len):  # WHITE -> grid_len, BACKGROUND -> + 1
-            cell = np.where(source >= 0, source // tile_len, grid_len - 1 - source).astype(np.int32)
-            offset = np.where(source >= 0, source % tile_len, 0).astype(np.int32)
-            return cell, offset
-
-        return _BatchPlan(
-            streams,
-            kept_from,
-            slot,
-            *cell_and_offset(rows, tile_h, grid_h),
-            *cell_and_offset(cols, tile_w, grid_w),
-            out_size,
-        )
+        # per box and output row (column): grid row (column) and the row (column) inside its
+        # JPEG tile; WHITE -> grid_len, BACKGROUND -> grid_len + 1
+        axes = np.empty((4, len(boxes), out_size), dtype=np.int32)
+        for i, (source, of_box, tile_len, grid_len) in enumerate(
+            ((rows, y_of_box, tile_h, grid_h), (cols, x_of_box, tile_w, grid_w))
+        ):
+            cell, offset = np.divmod(source, tile_len)
+            valid = source >= 0
+            axes[2 * i] = np.where(valid, cell, grid_len - 1 - source)[of_box]
+            axes[2 * i + 1] = np.where(valid, offset, 0)[of_box]
+        indices = np.concatenate([kept_from.astype(np.int32), slot.ravel(), axes.ravel()])
+        return _BatchPlan(streams, len(kept_from), indices, len(boxes), out_size)
 
     def make(self, plan: _BatchPlan):
         """The device half of a batch: decode, gather and resample its tiles (on CUDA, enqueued on
@@ -293,11 +309,16 @@ class JpegBatchReader:
 
         g = self.geometry
         tile_h, tile_w = self.jpeg.tile_hw
-        missing, count = len(plan.streams), len(plan.streams) + len(plan.kept_from)
+        grid_h, grid_w = self.jpeg.grid_hw
+        missing, count = len(plan.streams), len(plan.streams) + plan.kept
         decoded = torch.empty((count + 2, tile_h, tile_w, 3), dtype=torch.uint8, device=self.device)
         decoded[count:] = self._constants[:, None, None, :]
-        if len(plan.kept_from):
-            decoded[missing:count] = self._decoded[_to_device(plan.kept_from, self.device)]
+        # one copy for the batch's index arrays (built by the planner thread: on the device they
+        # would take a score of small kernels per batch, each queued behind the model's)
+        indices = _to_device(plan.indices, self.device)
+        slot_end = plan.kept + (grid_h + 2) * (grid_w + 2)
+        if plan.kept:
+            decoded[missing:count] = self._decoded[indices[: plan.kept]]
         if missing:
             try:
                 self.decode(plan.streams, decoded[:missing])
@@ -307,18 +328,9 @@ class JpegBatchReader:
                     f"{self.geometry.level} as {tile_h} x {tile_w} RGB: {error}"
                 ) from error
         self._decoded = decoded
-
-        # the (b, out) arrays were built by the planner thread; on the device they would take a
-        # score of small kernels per batch, each queued behind the model's
-        row_cell, row_offset = (
-            _to_device(a, self.device) for a in (plan.row_cell, plan.row_offset)
-        )
-        col_cell, col_offset = (
-            _to_device(a, self.device) for a in (plan.col_cell, plan.col_offset)
-        )
-        slots = _to_device(plan.slot, self.device)[row_cell[:, :, None], col_cell[:, None, :]]
-        flat = (slots * tile_h + row_offset[:, :, None]) * tile_w + col_offset[:, None, :]
-        tiles = decoded.view(-1, 3)[flat]  # (b, out, out, 3)
+        slot = indices[plan.kept : slot_end].view(grid_h + 2, grid_w + 2)
+        axes = indices[slot_end:].view(4, plan.boxes, plan.out_size)
+        tiles = self._gather(decoded, slot, axes)
         if plan.out_size != g.tile_size:
             tiles = F.interpolate(
                 tiles.permute(0, 3, 1, 2).float(),
@@ -331,17 +343,43 @@ class JpegBatchReader:
         return tiles.contiguous()
 
 
+def gather_with_torch(decoded, slot, axes):
+    """:func:`~napari_ssmamba.inference.triton_gather.gather_tiles` with torch indexing, on any
+    device."""
+    row_cell, row_offset, col_cell, col_offset = axes.long()
+    _, tile_h, tile_w, _ = decoded.shape
+    slots = slot.long()[row_cell[:, :, None], col_cell[:, None, :]]
+    flat = (slots * tile_h + row_offset[:, :, None]) * tile_w + col_offset[:, None, :]
+    return decoded.view(-1, 3)[flat]
+
+
+def _gatherer(gather: str, device) -> Callable:
+    """The gather function for ``gather`` ("auto", "triton" or "torch") on ``device``."""
+    if gather not in GATHERS:
+        raise ValueError(f"gather must be one of {', '.join(GATHERS)}, not {gather!r}")
+    if gather == "torch" or (gather == "auto" and device.type != "cuda"):
+        return gather_with_torch
+    try:
+        if device.type != "cuda":
+            raise ImportError(f"the Triton gather runs on CUDA devices, not {device}")
+        from napari_ssmamba.inference.triton_gather import gather_tiles
+    except ImportError as error:
+        if gather == "triton":
+            raise BackendUnavailableError(f"cannot gather tiles with Triton: {error}") from error
+        return gather_with_torch
+    return gather_tiles
+
+
 @dataclass
 class _BatchPlan:
-    """What :meth:`JpegBatchReader.make` needs for one batch: host arrays and JPEG bytes."""
+    """What :meth:`JpegBatchReader.make` needs for one batch: JPEG bytes and one int32 array."""
 
     streams: list[bytes]  # JPEG tiles to decode, in the decoded buffer's order
-    kept_from: np.ndarray  # places in the last buffer of the tiles kept, after the decoded ones
-    slot: np.ndarray  # (grid_h + 2, grid_w + 2): place in the buffer of each grid cell
-    row_cell: np.ndarray  # (b, out) grid row of each output row (grid_h: white, + 1: background)
-    row_offset: np.ndarray  # (b, out) row inside that JPEG tile
-    col_cell: np.ndarray
-    col_offset: np.ndarray
+    kept: int  # tiles kept from the last buffer, placed after the decoded ones
+    # int32: the places of the kept tiles in the last buffer (kept), the slot table
+    # ((grid_h + 2) * (grid_w + 2)) and the axes (4 * boxes * out_size), see make
+    indices: np.ndarray
+    boxes: int
     out_size: int  # side of the tiles before resampling to the model's size
 
 
