@@ -127,8 +127,8 @@ class PlannedReader:
         return torch.from_numpy(np.stack([_reader(box) for box in boxes]))
 
 
-def _reader_threads():
-    return [t for t in threading.enumerate() if t.name in ("tile-planner", "tile-batcher")]
+def _pipeline_threads():
+    return {t.name for t in threading.enumerate() if t.name.startswith("tile-pipeline")}
 
 
 def test_batches_are_planned_and_made_on_two_threads(small_model):
@@ -140,12 +140,36 @@ def test_batches_are_planned_and_made_on_two_threads(small_model):
     boxwise = predict_tiles(
         _reader, BOXES, model, card, device="cpu", batch_size=3, attention=False
     )
-    assert reader.threads == {"plan": {"tile-planner"}, "make": {"tile-batcher"}}
+    # the first batch is planned by the caller, the others by one pipeline thread while
+    # another makes them
+    planners = reader.threads["plan"] - {threading.current_thread().name}
+    assert len(planners) == 1 and len(reader.threads["make"]) == 1
+    assert (planners | reader.threads["make"]) <= _pipeline_threads()
+    assert not planners & reader.threads["make"]
     np.testing.assert_allclose(batched.probabilities, boxwise.probabilities, atol=1e-6)
-    assert not _reader_threads()
 
 
-def test_a_planning_error_reaches_the_caller_and_the_threads_end(small_model):
+@pytest.fixture
+def batch_readers(monkeypatch):
+    """The _BatchReaders predict_tiles makes, kept for looking at after the call."""
+    from napari_ssmamba.inference import predict
+
+    made = []
+
+    class Kept(predict._BatchReader):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(predict, "_BatchReader", Kept)
+    return made
+
+
+def _assert_stopped(readers):
+    assert readers and all(task.done() for reader in readers for task in reader._tasks)
+
+
+def test_a_planning_error_reaches_the_caller_and_the_work_stops(small_model, batch_readers):
     model, card = small_model
     with pytest.raises(ValueError, match="JPEG tile 7"):
         predict_tiles(
@@ -154,18 +178,24 @@ def test_a_planning_error_reaches_the_caller_and_the_threads_end(small_model):
             model,
             card,
             device="cpu",
-            batch_size=2,
+            batch_size=1,
             attention=False,
             batched=True,
         )
-    assert not _reader_threads()
+    _assert_stopped(batch_readers)
 
 
-def test_a_model_that_cannot_be_set_up_leaves_no_reader_running(small_model):
+def test_an_error_planning_the_first_batch_reaches_the_caller(small_model):
+    model, card = small_model
+    with pytest.raises(ValueError, match="JPEG tile 7"):
+        predict_tiles(PlannedReader(fail_at=1), BOXES, model, card, device="cpu", batched=True)
+
+
+def test_a_model_that_cannot_be_set_up_leaves_no_reader_running(small_model, batch_readers):
     import dataclasses
 
     model, card = small_model
     card = dataclasses.replace(card, mean=(0.5, 0.5))  # two channels: cannot normalise RGB
     with pytest.raises(RuntimeError):
-        predict_tiles(PlannedReader(), BOXES, model, card, device="cpu", batch_size=2, batched=True)
-    assert not _reader_threads()
+        predict_tiles(PlannedReader(), BOXES, model, card, device="cpu", batch_size=1, batched=True)
+    _assert_stopped(batch_readers)

@@ -217,6 +217,12 @@ class BatchedJpegDecoder:
         with self._lock, torch.cuda.device(self.device):
             if self._in_flight is not None:
                 self._in_flight[0].synchronize()  # nvJPEG's state is not ours until then
+            # nor is out, maybe memory that the stream's earlier kernels still read: we do not
+            # rely on how nvJPEG's hardware path orders its writes against them (the wait is
+            # short: that work is the previous batch's gather)
+            earlier = torch.cuda.Event()
+            earlier.record(stream)
+            earlier.synchronize()
             if n != self._batch_size:
                 _check(
                     self._lib.nvjpegDecodeBatchedInitialize(

@@ -8,12 +8,13 @@ ahead, while another thread plans the next batch on the host. Batches start smal
 the model starts early. Tiles are converted and normalised on the device, and results stay there
 until the end, so the GPU is fed without waiting for copies back.
 On CUDA the model runs under bf16 autocast, replayed from CUDA graphs captured while the first
-batches are planned (:mod:`~napari_ssmamba.inference.graphs`). A ``torch.cuda.OutOfMemoryError``
+batches are made (:mod:`~napari_ssmamba.inference.graphs`). A ``torch.cuda.OutOfMemoryError``
 halves the batch size and retries the same tiles instead of failing.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import itertools
 import logging
@@ -151,6 +152,16 @@ def classify_tiles(model, tiles_uint8, mean, std, attention: bool):
         return logits.float().softmax(dim=1), maps
 
 
+@functools.lru_cache(maxsize=16)
+def _normalisation(mean: tuple, std: tuple, device):
+    """The (1, 3, 1, 1) mean and std tensors on ``device``, made once (each is a copy to it)."""
+    import torch
+
+    return tuple(
+        torch.tensor(v, dtype=torch.float32, device=device).view(1, 3, 1, 1) for v in (mean, std)
+    )
+
+
 class TileClassifier:
     """The device half of prediction: uint8 tiles in, probabilities and attention maps out.
 
@@ -159,21 +170,22 @@ class TileClassifier:
     """
 
     def __init__(self, model, card, device, attention: bool = True, cuda_graphs: bool = True):
-        import torch
-
-        from napari_ssmamba.inference.graphs import GraphedClassifier, graphed_classifier
+        from napari_ssmamba.inference.graphs import (
+            GraphedClassifier,
+            graphed_classifier,
+            walk_model,
+        )
 
         self.device = device
-        tensors = (*model.parameters(), *model.buffers())
+        tensors, training = walk_model(model)
         if not _all_on(tensors, device):  # model.to costs ~1 ms even when nothing moves
             model.to(device)
-            tensors = (*model.parameters(), *model.buffers())
-        if any(module.training for module in model.modules()):
+            tensors = walk_model(model)[0]
+        if training:
             model.eval()
         self.model = model
         self.attention = attention
-        self.mean = torch.tensor(card.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(card.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self.mean, self.std = _normalisation(tuple(card.mean), tuple(card.std), device)
         self.graphs = None
         if cuda_graphs and device.type == "cuda":
             settings = (str(device), attention, tuple(card.mean), tuple(card.std))
@@ -264,16 +276,24 @@ def batch_sizes(
     return sizes
 
 
+@functools.cache
+def _reader_threads() -> ThreadPoolExecutor:
+    """Long-lived threads for the readers' planning and making (two per run): starting two
+    threads per run would add about 0.3 ms each before the first batch."""
+    return ThreadPoolExecutor(max_workers=8, thread_name_prefix="tile-pipeline")
+
+
 class _BatchReader:
-    """Two threads that make the batches of tiles, queued ``depth`` ahead of the model.
+    """Makes the batches of tiles on two threads, queued ``depth`` ahead of the model.
 
     ``read_tile`` is either a per-box reader (its tiles are read by a pool of ``num_readers``
     threads and stacked into pinned memory when ``pin``) or a batch reader such as
     :class:`~napari_ssmamba.inference.jpeg_batches.JpegBatchReader` (``batched=True``) whose
     batches are planned on the host (``read_tile.plan``) by one thread while another makes the
     previous plan's batch on the CUDA device (``read_tile.make``), on a stream of its own: the
-    host work of one batch overlaps the decoding of the last. Planning starts at once; making
-    waits for :meth:`start`, so that CUDA graphs can be captured first.
+    host work of one batch overlaps the decoding of the last. The first batch is planned in the
+    caller's thread, before anything else competes for the interpreter; the caller can then set
+    up the model while that batch is made.
     """
 
     def __init__(self, read_tile, boxes_l0, sizes, num_readers, pin, device, batched, depth=2):
@@ -289,17 +309,9 @@ class _BatchReader:
         self._stop = threading.Event()
         starts = np.cumsum([0, *sizes])
         batches = [boxes_l0[a:b] for a, b in itertools.pairwise(starts)]
-        self._threads = [
-            threading.Thread(target=self._plan_all, args=(batches,), name="tile-planner"),
-            threading.Thread(target=self._make_all, name="tile-batcher"),
-        ]
-        for thread in self._threads:
-            thread.daemon = True
-        self._threads[0].start()
-
-    def start(self) -> None:
-        """Start making batches (the device work)."""
-        self._threads[1].start()
+        self._plans.put(self._plan(batches[0]))
+        threads = _reader_threads()
+        self._tasks = [threads.submit(self._plan_all, batches[1:]), threads.submit(self._make_all)]
 
     def _put(self, target, item) -> bool:
         while not self._stop.is_set():
@@ -318,11 +330,13 @@ class _BatchReader:
                 continue
         return None
 
+    def _plan(self, boxes):
+        return self._read_tile.plan(boxes) if self._batched else boxes
+
     def _plan_all(self, batches) -> None:
         try:
             for boxes in batches:
-                plan = self._read_tile.plan(boxes) if self._batched else boxes
-                if not self._put(self._plans, plan):
+                if not self._put(self._plans, self._plan(boxes)):
                     return
             self._put(self._plans, None)
         except BaseException as error:  # noqa: BLE001 (handed on to the consumer, which raises it)
@@ -372,10 +386,9 @@ class _BatchReader:
             yield batch
 
     def close(self) -> None:
+        """Stop planning and making, and wait until neither runs."""
         self._stop.set()
-        for thread in self._threads:
-            if thread.is_alive():
-                thread.join()
+        concurrent.futures.wait(self._tasks)
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
@@ -424,7 +437,7 @@ def predict_tiles(
     sizes = batch_sizes(
         n, batch_size, CUDA_FIRST_BATCH if on_cuda else None, CUDA_BATCH_GROWTH if on_cuda else 2.0
     )
-    reader = _BatchReader(  # plans the first batches while the model is set up
+    reader = _BatchReader(  # makes the first batches while the model is set up
         read_tile,
         boxes_l0,
         sizes,
@@ -439,7 +452,6 @@ def predict_tiles(
     try:
         classify = TileClassifier(model, card, torch_device, attention, cuda_graphs)
         classify.prepare(sizes, (card.tile_size, card.tile_size))
-        reader.start()
         for tiles in reader:
             if cancel is not None and cancel.is_set():
                 raise CancelledError("classification cancelled by the user")
