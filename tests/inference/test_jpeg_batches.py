@@ -278,3 +278,16 @@ def test_the_triton_gather_gives_torch_indexings_tiles(ycbcr_pyramid, mpp):
         for batch in (boxes[:half], boxes[half:]):  # the second batch keeps tiles of the first
             got, expected = (reader(batch).cpu().numpy() for reader in readers)
             np.testing.assert_array_equal(got, expected)
+
+
+def test_the_plans_index_parts_start_on_16_bytes(ycbcr_pyramid):
+    # Triton compiles a kernel per alignment of its pointers: aligned parts keep it to one
+    with open_slide(ycbcr_pyramid) as slide:
+        geometry = tile_geometry(slide.mpp, slide.level_downsamples, 224, 0.5)
+        reader = JpegBatchReader(slide, geometry, "cpu", decode=cpu_decoder(slide, geometry))
+        boxes = boxes_over(slide, geometry)
+        plans = [reader.plan(boxes[i : i + 7]) for i in range(0, len(boxes), 7)]
+    assert any(plan.kept % 4 for plan in plans)  # kept counts that are not multiples of four
+    for plan in plans:
+        assert plan.slot_start % 4 == 0 and plan.axes_start % 4 == 0
+        assert plan.slot_start >= plan.kept

@@ -298,8 +298,16 @@ class JpegBatchReader:
             valid = source >= 0
             axes[2 * i] = np.where(valid, cell, grid_len - 1 - source)[of_box]
             axes[2 * i + 1] = np.where(valid, offset, 0)[of_box]
-        indices = np.concatenate([kept_from.astype(np.int32), slot.ravel(), axes.ravel()])
-        return _BatchPlan(streams, len(kept_from), indices, len(boxes), out_size)
+        # each part starts on 16 bytes, as Triton specialises its kernels for aligned pointers:
+        # the gather is compiled once, not again for each alignment the parts happen to have
+        parts = [kept_from.astype(np.int32), slot.ravel(), axes.ravel()]
+        starts = np.cumsum([0] + [-(-len(part) // 4) * 4 for part in parts])
+        indices = np.zeros(starts[-1], dtype=np.int32)
+        for part, start in zip(parts, starts, strict=False):
+            indices[start : start + len(part)] = part
+        return _BatchPlan(
+            streams, len(kept_from), indices, int(starts[1]), int(starts[2]), len(boxes), out_size
+        )
 
     def make(self, plan: _BatchPlan):
         """The device half of a batch: decode, gather and resample its tiles (on CUDA, enqueued on
@@ -316,7 +324,6 @@ class JpegBatchReader:
         # one copy for the batch's index arrays (built by the planner thread: on the device they
         # would take a score of small kernels per batch, each queued behind the model's)
         indices = _to_device(plan.indices, self.device)
-        slot_end = plan.kept + (grid_h + 2) * (grid_w + 2)
         if plan.kept:
             decoded[missing:count] = self._decoded[indices[: plan.kept]]
         if missing:
@@ -328,8 +335,10 @@ class JpegBatchReader:
                     f"{self.geometry.level} as {tile_h} x {tile_w} RGB: {error}"
                 ) from error
         self._decoded = decoded
-        slot = indices[plan.kept : slot_end].view(grid_h + 2, grid_w + 2)
-        axes = indices[slot_end:].view(4, plan.boxes, plan.out_size)
+        slot_size, axes_size = (grid_h + 2) * (grid_w + 2), 4 * plan.boxes * plan.out_size
+        slot = indices[plan.slot_start : plan.slot_start + slot_size].view(grid_h + 2, grid_w + 2)
+        axes = indices[plan.axes_start : plan.axes_start + axes_size]
+        axes = axes.view(4, plan.boxes, plan.out_size)
         tiles = self._gather(decoded, slot, axes)
         if plan.out_size != g.tile_size:
             tiles = F.interpolate(
@@ -377,8 +386,11 @@ class _BatchPlan:
     streams: list[bytes]  # JPEG tiles to decode, in the decoded buffer's order
     kept: int  # tiles kept from the last buffer, placed after the decoded ones
     # int32: the places of the kept tiles in the last buffer (kept), the slot table
-    # ((grid_h + 2) * (grid_w + 2)) and the axes (4 * boxes * out_size), see make
+    # ((grid_h + 2) * (grid_w + 2)) from slot_start and the axes (4 * boxes * out_size) from
+    # axes_start, see make
     indices: np.ndarray
+    slot_start: int
+    axes_start: int
     boxes: int
     out_size: int  # side of the tiles before resampling to the model's size
 
