@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from napari_ssmamba.inference import graphs
-from napari_ssmamba.inference.graphs import bucket_size, graphed_classifier
+from napari_ssmamba.inference.graphs import bucket_size, fit_to_buckets, graphed_classifier
 from napari_ssmamba.inference.predict import TileClassifier, batch_sizes, predict_tiles
 
 
@@ -29,6 +29,21 @@ def test_batch_sizes_cover_every_tile_once():
     assert batch_sizes(100, 16, 32) == [16] * 6 + [4]
     # growing by half, in whole graph buckets of 32
     assert batch_sizes(1000, 256, 32, 1.5) == [32, 64, 96, 160, 256, 256, 136]
+
+
+def test_small_runs_are_cut_to_the_buckets_captured():
+    # a moved ROI: 165 tiles planned as 64 + 101, with graphs for 64 and 96 only: 101 runs as
+    # 64 + 37 (128 tiles run, padding included), not as 96 + 5 (160)
+    assert fit_to_buckets([64, 101], [64, 96]) == [64, 64, 37]
+    # the benchmark ROI (132 tiles as 64 + 68) after the whole slide's and the model's graphs: 68
+    # runs whole in the 96 graph rather than as 64 + 4 in two 64 graphs
+    assert fit_to_buckets([64, 68], [64, 96, 128, 160, 192, 256]) == [64, 68]
+    assert fit_to_buckets([20], [64, 256]) == [20]
+    assert fit_to_buckets([256, 256, 10], [256]) == [256, 256, 10]
+    assert fit_to_buckets([300], [32, 128]) == [128, 128, 32, 12]
+    assert fit_to_buckets([5], []) == [5]
+    for sizes, captured in (([64, 101], [64, 96]), ([300], [32, 128]), ([7, 9], [4])):
+        assert sum(fit_to_buckets(sizes, captured)) == sum(sizes)
 
 
 def test_graphs_are_kept_per_model_and_leave_with_it():
@@ -151,4 +166,23 @@ def test_threads_sharing_a_model_get_their_own_answers(small_model):
         got = list(pool.map(classify, range(len(batches))))
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, atol=2e-2, rtol=0)
+    model.cpu()
+
+
+@pytest.mark.gpu
+def test_a_small_run_uses_the_graphs_there_are(small_model):
+    model, card = small_model
+    device = torch.device("cuda")
+    predict_tiles(lambda box: np.zeros((64, 64, 3), np.uint8), np.zeros((100, 4)), model, card,
+                  device="cuda", attention=False)
+    classify = TileClassifier(model, card, device, attention=False)
+    before = classify.graphs.captured((64, 64))
+    assert before  # the first run captured the graphs for its batches
+    tiles = _tiles(max(before) + 37, seed=3)  # a size that would need a new bucket
+    out = predict_tiles(lambda box: tiles[int(box[0])].cpu().numpy(),
+                        np.array([[i, 0, 64, 64] for i in range(len(tiles))]), model, card,
+                        device="cuda", attention=False)
+    assert classify.graphs.captured((64, 64)) == before  # nothing new captured
+    eager = TileClassifier(model, card, device, attention=False, cuda_graphs=False)
+    np.testing.assert_allclose(out.probabilities, eager(tiles)[0].cpu().numpy(), atol=2e-2)
     model.cpu()

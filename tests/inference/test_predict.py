@@ -140,12 +140,14 @@ def test_batches_are_planned_and_made_on_two_threads(small_model):
     boxwise = predict_tiles(
         _reader, BOXES, model, card, device="cpu", batch_size=3, attention=False
     )
-    # the first batch is planned by the caller, the others by one pipeline thread while
-    # another makes them
-    planners = reader.threads["plan"] - {threading.current_thread().name}
-    assert len(planners) == 1 and len(reader.threads["make"]) == 1
-    assert (planners | reader.threads["make"]) <= _pipeline_threads()
-    assert not planners & reader.threads["make"]
+    # the first batch is planned and made by the caller, the others planned by one pipeline
+    # thread while another makes them
+    caller = threading.current_thread().name
+    planners, makers = reader.threads["plan"] - {caller}, reader.threads["make"] - {caller}
+    assert caller in reader.threads["plan"] and caller in reader.threads["make"]
+    assert len(planners) == 1 and len(makers) == 1
+    assert (planners | makers) <= _pipeline_threads()
+    assert not planners & makers
     np.testing.assert_allclose(batched.probabilities, boxwise.probabilities, atol=1e-6)
 
 

@@ -11,12 +11,16 @@ eval mode is per sample).
 Graphs are kept per model, device and settings for the model's lifetime, and captured again when
 its parameters or buffers have moved (``model.to(...)`` and back, new weights assigned): checked
 by :meth:`GraphedClassifier.follow`, once per run, not per batch (walking a model's tensors takes
-a fraction of a millisecond).
+a fraction of a millisecond). The first capture of a bucket in a process costs most of a second
+(cuDNN plans the convolutions for the new shape), so a batch without a graph of its own runs in a
+larger one already captured, and small runs are cut to the buckets there are
+(:func:`fit_to_buckets`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import weakref
 from collections.abc import Callable, Iterable
@@ -37,6 +41,25 @@ def bucket_size(n: int) -> int:
     if n <= BUCKET_STEP:
         return 1 << (n - 1).bit_length()
     return -(-n // BUCKET_STEP) * BUCKET_STEP
+
+
+def fit_to_buckets(sizes, captured) -> list[int]:
+    """``sizes`` cut again so that every batch runs in a ``captured`` bucket: each size either
+    runs whole, padded in the smallest captured bucket that holds it, or is split into captured
+    buckets and a rest, whichever pads the fewest tiles (on a tie, the fewest batches)."""
+    captured = sorted(set(captured), reverse=True)
+    if not captured or all(bucket_size(size) in captured for size in sizes):
+        return list(sizes)
+    best = {0: (0, ())}  # size -> (tiles run, padding included; its parts), larger parts first
+    for size in range(1, max(sizes, default=0) + 1):
+        holding = [b for b in captured if b >= size]
+        choice = (min(holding), (size,)) if holding else (math.inf, (size,))
+        for bucket in (b for b in captured if b < size):
+            padded, parts = best[size - bucket]
+            if (bucket + padded, 1 + len(parts)) < (choice[0], len(choice[1])):
+                choice = (bucket + padded, (bucket, *parts))
+        best[size] = choice
+    return [part for size in sizes for part in best[size][1]]
 
 
 def walk_model(model) -> tuple[list, bool]:
@@ -87,6 +110,11 @@ class GraphedClassifier:
             self._graphs.clear()
             self._pool, self._layout = None, layout
 
+    def captured(self, tile_hw: tuple[int, int]) -> list[int]:
+        """The buckets captured for tiles of ``tile_hw``, smallest first."""
+        with self._lock:
+            return sorted(b for b, *hw in self._graphs if tuple(hw) == tuple(tile_hw))
+
     def prepare(self, model, batch_sizes: Iterable[int], tile_hw: tuple[int, int]) -> None:
         """Capture the graphs for these batch sizes now (before the run's device work starts)."""
         with self._lock:
@@ -95,12 +123,16 @@ class GraphedClassifier:
 
     def __call__(self, model, tiles):
         """The forward's outputs for ``tiles`` (on the device, or pinned host memory), or None when
-        the graphs cannot be used (the caller then runs the model eagerly)."""
+        the graphs cannot be used (the caller then runs the model eagerly).
+
+        Without a graph for their bucket, the tiles run padded in the smallest larger bucket
+        captured, if any, rather than capturing one for them.
+        """
         import torch
 
         n = len(tiles)
         with self._lock:
-            entry = self._entry(model, n, tuple(tiles.shape[1:3]))
+            entry = self._entry(model, n, tuple(tiles.shape[1:3]), reuse_larger=True)
             if entry is None:
                 return None
             graph, static_in, static_out = entry
@@ -114,10 +146,13 @@ class GraphedClassifier:
             self._replayed.record(stream)
         return outputs
 
-    def _entry(self, model, n: int, tile_hw: tuple[int, int]):
+    def _entry(self, model, n: int, tile_hw: tuple[int, int], reuse_larger: bool = False):
         if self.failure is not None:
             return None
         key = (bucket_size(n), *tile_hw)
+        larger = [k for k in self._graphs if k[1:] == key[1:] and k[0] >= n]
+        if key not in self._graphs and reuse_larger and larger:
+            return self._graphs[min(larger)]
         if key not in self._graphs:
             self._drop_if_moved(_storage_layout(model))
             try:
@@ -145,6 +180,12 @@ class GraphedClassifier:
             static_out = self.forward(model, static_in, *self.constants)
         self._pool = graph.pool()
         return graph, static_in, static_out
+
+
+def captured_buckets(model, settings: tuple, tile_hw: tuple[int, int]) -> list[int]:
+    """The buckets captured so far for ``model`` and ``settings`` (see :func:`graphed_classifier`)."""
+    graphs = _per_model.get(id(model), {}).get(settings)
+    return graphs.captured(tile_hw) if graphs is not None else []
 
 
 def graphed_classifier(model, settings: tuple, make: Callable[[], GraphedClassifier]):

@@ -8,7 +8,8 @@ ahead, while another thread plans the next batch on the host. Batches start smal
 the model starts early. Tiles are converted and normalised on the device, and results stay there
 until the end, so the GPU is fed without waiting for copies back.
 On CUDA the model runs under bf16 autocast, replayed from CUDA graphs captured while the first
-batches are made (:mod:`~napari_ssmamba.inference.graphs`). A ``torch.cuda.OutOfMemoryError``
+batches are made (:mod:`~napari_ssmamba.inference.graphs`); small runs, such as a moved ROI, keep
+to the graphs already captured rather than capture new ones. A ``torch.cuda.OutOfMemoryError``
 halves the batch size and retries the same tiles instead of failing.
 """
 
@@ -42,6 +43,11 @@ CUDA_BATCH_SIZE = 256
 #: of waiting for a whole batch
 CUDA_FIRST_BATCH = 64
 CUDA_BATCH_GROWTH = 2.0
+#: runs of at most this many tiles (an ROI) cut their batches to fit the CUDA graphs already
+#: captured for the model instead of capturing graphs for new batch sizes: the first capture of a
+#: size in a process costs 0.7-0.9 s (cuDNN builds its convolution plans; H100,
+#: bench/results/capture_*), the padding a few milliseconds
+SMALL_RUN_TILES = 1024
 
 
 @dataclass
@@ -162,6 +168,11 @@ def _normalisation(mean: tuple, std: tuple, device):
     )
 
 
+def graph_settings(device, attention: bool, card) -> tuple:
+    """What a model's CUDA graphs are kept under, besides the model."""
+    return (str(device), attention, tuple(card.mean), tuple(card.std))
+
+
 class TileClassifier:
     """The device half of prediction: uint8 tiles in, probabilities and attention maps out.
 
@@ -188,7 +199,7 @@ class TileClassifier:
         self.mean, self.std = _normalisation(tuple(card.mean), tuple(card.std), device)
         self.graphs = None
         if cuda_graphs and device.type == "cuda":
-            settings = (str(device), attention, tuple(card.mean), tuple(card.std))
+            settings = graph_settings(device, attention, card)
             self.graphs = graphed_classifier(
                 self.model,
                 settings,
@@ -291,9 +302,10 @@ class _BatchReader:
     :class:`~napari_ssmamba.inference.jpeg_batches.JpegBatchReader` (``batched=True``) whose
     batches are planned on the host (``read_tile.plan``) by one thread while another makes the
     previous plan's batch on the CUDA device (``read_tile.make``), on a stream of its own: the
-    host work of one batch overlaps the decoding of the last. The first batch is planned in the
-    caller's thread, before anything else competes for the interpreter; the caller can then set
-    up the model while that batch is made.
+    host work of one batch overlaps the decoding of the last. The first batch is planned and
+    made in the caller's thread, before anything else competes for the interpreter (only the
+    planner, which runs while the first batch decodes); the caller then sets up the model while
+    the next batches are made.
     """
 
     def __init__(self, read_tile, boxes_l0, sizes, num_readers, pin, device, batched, depth=2):
@@ -309,9 +321,15 @@ class _BatchReader:
         self._stop = threading.Event()
         starts = np.cumsum([0, *sizes])
         batches = [boxes_l0[a:b] for a, b in itertools.pairwise(starts)]
-        self._plans.put(self._plan(batches[0]))
+        first = self._plan(batches[0])
         threads = _reader_threads()
-        self._tasks = [threads.submit(self._plan_all, batches[1:]), threads.submit(self._make_all)]
+        self._tasks = [threads.submit(self._plan_all, batches[1:])]
+        try:  # the next plans are made while the first batch decodes
+            self._queue.put(self._make_batch(first))
+        except BaseException:
+            self.close()
+            raise
+        self._tasks.append(threads.submit(self._make_all))
 
     def _put(self, target, item) -> bool:
         while not self._stop.is_set():
@@ -420,6 +438,8 @@ def predict_tiles(
     """
     import torch
 
+    from napari_ssmamba.inference.graphs import captured_buckets, fit_to_buckets
+
     progress = progress or no_progress
     torch_device = resolve_device(device)
     batch_size = int(batch_size or default_batch_size(torch_device))
@@ -437,7 +457,13 @@ def predict_tiles(
     sizes = batch_sizes(
         n, batch_size, CUDA_FIRST_BATCH if on_cuda else None, CUDA_BATCH_GROWTH if on_cuda else 2.0
     )
-    reader = _BatchReader(  # makes the first batches while the model is set up
+    tile_hw = (card.tile_size, card.tile_size)
+    captured = []
+    if on_cuda and cuda_graphs and n <= SMALL_RUN_TILES:
+        settings = graph_settings(torch_device, attention, card)
+        captured = captured_buckets(model, settings, tile_hw)
+        sizes = fit_to_buckets(sizes, captured) if captured else sizes
+    reader = _BatchReader(  # makes the first batch, then the next ones while the model is set up
         read_tile,
         boxes_l0,
         sizes,
@@ -451,7 +477,8 @@ def predict_tiles(
     progress(0, n, "Classifying tiles")
     try:
         classify = TileClassifier(model, card, torch_device, attention, cuda_graphs)
-        classify.prepare(sizes, (card.tile_size, card.tile_size))
+        if not captured:  # small runs keep to the graphs there are
+            classify.prepare(sizes, tile_hw)
         for tiles in reader:
             if cancel is not None and cancel.is_set():
                 raise CancelledError("classification cancelled by the user")
