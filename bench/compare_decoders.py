@@ -1,15 +1,17 @@
 """The GPU pipeline with each way of decoding and batching, against the model alone, in one run.
 
     python bench/compare_decoders.py SLIDE [--arch ssmamba_tiny] [--first-batches 0,16,32,64]
-        [--growths 2] [--decoders nvjpeg,torchvision,libjpeg] [--out decoders.json]
+        [--growths 2] [--decoders nvjpeg,torchvision,libjpeg] [--gathers triton,torch]
+        [--out decoders.json]
 
 For the whole tissue of SLIDE and for a 2 mm x 2 mm ROI on it, best of ``--repeats`` after a
 warm-up, batch size 256:
 
 - the model alone on the tiles already on the GPU (CUDA graphs, as the pipeline runs it), batched
   as the pipeline batches them for each first-batch size (0: every batch full) and growth;
-- per decoder, the reader alone and ``predict_tiles`` with it (the prediction phase of
-  ``classify_slide``), for each first-batch size and growth:
+- per decoder and way of gathering the model tiles from the decoded ones (``triton``: one
+  kernel; ``torch``: torch indexing), the reader alone and ``predict_tiles`` with it (the
+  prediction phase of ``classify_slide``), for each first-batch size and growth:
 
   - ``nvjpeg``: the package's nvJPEG binding, enqueued on the reader's stream, into its buffer;
   - ``torchvision``: ``torchvision.io.decode_jpeg(device="cuda")`` (what the package used before):
@@ -49,6 +51,7 @@ def main() -> int:
     parser.add_argument("--first-batches", default="0,16,32,64", help="comma-separated; 0: full")
     parser.add_argument("--growths", default="2", help="comma-separated batch growth factors")
     parser.add_argument("--decoders", default="nvjpeg,torchvision,libjpeg")
+    parser.add_argument("--gathers", default="triton", help="comma-separated: triton, torch")
     parser.add_argument("--roi-mm", type=float, default=2.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path)
@@ -91,11 +94,16 @@ def main() -> int:
             "torchvision": torchvision_decoder(),
             "libjpeg": libjpeg_decoder(jpeg.colorspace),
         }
-        decoders = {name: decoders[name] for name in args.decoders.split(",")}
+        gathers = args.gathers.split(",")
+        decoders = {
+            f"{name}_{gather}" if len(gathers) > 1 else name: (decoders[name], gather)
+            for name in args.decoders.split(",")
+            for gather in gathers
+        }
         for case, result in reversed(cases.items()):  # the whole slide first
             geometry, boxes = result.geometry, result.tile_boxes_l0
             tiles = JpegBatchReader(slide, geometry, device)(boxes)
-            reference = JpegBatchReader(slide, geometry, device, decode=decoders["nvjpeg"])
+            reference = JpegBatchReader(slide, geometry, device, gather="torch")
             seconds, differences = {}, {}
             for first, growth in batchings:
                 sizes = batch_sizes(len(tiles), args.batch_size, first, growth)
@@ -109,11 +117,11 @@ def main() -> int:
                         start += size
 
                 seconds[f"model_only_first{first or 0}_growth{growth:g}"] = best(model_only)
-            for name, decode in decoders.items():
-                reader = JpegBatchReader(slide, geometry, device, decode=decode)
+            for name, (decode, gather) in decoders.items():
+                reader = JpegBatchReader(slide, geometry, device, decode=decode, gather=gather)
                 got = reader(boxes[:64]).cpu().numpy().astype(int)
                 want = reference(boxes[:64]).cpu().numpy().astype(int)
-                differences[f"{name}_vs_nvjpeg_mean_abs"] = float(abs(got - want).mean())
+                differences[f"{name}_vs_nvjpeg_torch_mean_abs"] = float(abs(got - want).mean())
 
                 def read_all(reader=reader, boxes=boxes):
                     reader.reset()

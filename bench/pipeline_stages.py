@@ -51,7 +51,7 @@ def noted_steps(log):
     saved = [
         wrap(predict.TileClassifier, "__init__", "classifier setup", False),
         wrap(predict.TileClassifier, "prepare", "graphs ready", False),
-        wrap(predict._BatchReader, "__init__", "reader thread started", False),
+        wrap(predict._BatchReader, "__init__", "reader started", False),
         wrap(jpeg_batches.JpegBatchReader, "plan", "plan batch", False),
         wrap(jpeg_batches.JpegBatchReader, "make", "make batch", True),
         wrap(nvjpeg.BatchedJpegDecoder, "decode_into", "  nvJPEG decode", True),

@@ -2,13 +2,17 @@
 # One call on the GPU machine for the classification pipeline: the GPU tests (TESTS, default
 # "tests/inference tests/model"), then for ARCHS (default ssmamba_tiny and ssmamba_base) on one
 # generated 30,000 x 24,000 slide the STEPS (default "pipeline decoders stages"; also
-# "profile"): bench_pipeline, compare_decoders, pipeline_stages, profile_pipeline. Wheels the
-# machine lacks travel in .whl-bench (see docs/benchmarks.md); results go to $OUT, profiler traces as a tarball.
+# "profile"): bench_pipeline, compare_decoders, pipeline_stages, profile_pipeline. BASE, a copy
+# of another tree (git archive REV src bench), also runs its compare_decoders for an A/B in the same
+# call. Wheels the machine lacks travel in .whl-bench (see docs/benchmarks.md); results go to $OUT,
+# profiler traces as a tarball.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-bench/out}
 TESTS=${TESTS-tests/inference tests/model}
 STEPS=${STEPS:-pipeline decoders stages}
+DECODERS=${DECODERS:---decoders nvjpeg --gathers triton,torch --first-batches 0,32,64 --growths 2}
+BASE=${BASE:-}
 ARCHS=${ARCHS:-ssmamba_tiny ssmamba_base}
 mkdir -p "$OUT" /tmp/slides /tmp/traces
 # the machine's own pytest and plugins: the carried pytest wheels are for machines without one
@@ -36,9 +40,14 @@ for arch in $ARCHS; do
       --out "$OUT/pipeline_$arch.json" --whole-slide --repeats 2 2>&1 | grep -v -e ' round ' -e 'click to result'
   fi
   if [[ " $STEPS " == *" decoders "* ]]; then
-    timeout 150 python3 bench/compare_decoders.py /tmp/slides/big.tif --arch $arch \
-      --decoders nvjpeg,torchvision --first-batches 0,32,64 --growths 2,1.5 \
+    # shellcheck disable=SC2086
+    timeout 150 python3 bench/compare_decoders.py /tmp/slides/big.tif --arch $arch $DECODERS \
       --out "$OUT/decoders_$arch.json" 2>&1 | grep -v '^{' | cut -c1-3000
+    if [ -n "$BASE" ]; then
+      PYTHONPATH=$BASE/src:/tmp/site timeout 150 python3 "$BASE/bench/compare_decoders.py" \
+        /tmp/slides/big.tif --arch $arch --decoders nvjpeg --first-batches 0,32,64 --growths 2 \
+        --out "$OUT/decoders_base_$arch.json" 2>&1 | grep -v '^{' | cut -c1-3000
+    fi
   fi
   if [[ " $STEPS " == *" stages "* ]]; then
     timeout 100 python3 bench/pipeline_stages.py /tmp/slides/big.tif --arch $arch \
