@@ -260,7 +260,7 @@ def test_the_gather_is_chosen_by_name(ycbcr_pyramid):
         geometry = tile_geometry(slide.mpp, slide.level_downsamples, 224, 0.5)
         decode = cpu_decoder(slide, geometry)
         assert JpegBatchReader(slide, geometry, "cpu", decode=decode).gather == "torch"
-        with pytest.raises(BackendUnavailableError, match="Triton.*CUDA devices"):
+        with pytest.raises(BackendUnavailableError, match="Triton: it runs on CUDA devices"):
             JpegBatchReader(slide, geometry, "cpu", decode=decode, gather="triton")
         with pytest.raises(ValueError, match="gather must be one of"):
             JpegBatchReader(slide, geometry, "cpu", decode=decode, gather="numpy")

@@ -150,9 +150,10 @@ class GraphedClassifier:
         if self.failure is not None:
             return None
         key = (bucket_size(n), *tile_hw)
-        larger = [k for k in self._graphs if k[1:] == key[1:] and k[0] >= n]
-        if key not in self._graphs and reuse_larger and larger:
-            return self._graphs[min(larger)]
+        if key not in self._graphs and reuse_larger:
+            larger = [k for k in self._graphs if k[1:] == key[1:] and k[0] >= n]
+            if larger:
+                return self._graphs[min(larger)]
         if key not in self._graphs:
             self._drop_if_moved(_storage_layout(model))
             try:

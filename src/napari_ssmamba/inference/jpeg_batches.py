@@ -368,15 +368,18 @@ def _gatherer(gather: str, device) -> Callable:
         raise ValueError(f"gather must be one of {', '.join(GATHERS)}, not {gather!r}")
     if gather == "torch" or (gather == "auto" and device.type != "cuda"):
         return gather_with_torch
-    try:
-        if device.type != "cuda":
-            raise ImportError(f"the Triton gather runs on CUDA devices, not {device}")
-        from napari_ssmamba.inference.triton_gather import gather_tiles
-    except ImportError as error:
-        if gather == "triton":
-            raise BackendUnavailableError(f"cannot gather tiles with Triton: {error}") from error
-        return gather_with_torch
-    return gather_tiles
+    if device.type != "cuda":
+        reason = f"it runs on CUDA devices, not {device}"
+    else:
+        try:
+            from napari_ssmamba.inference.triton_gather import gather_tiles
+
+            return gather_tiles
+        except ImportError as error:  # no Triton
+            reason = str(error)
+    if gather == "triton":
+        raise BackendUnavailableError(f"cannot gather tiles with Triton: {reason}")
+    return gather_with_torch
 
 
 @dataclass
