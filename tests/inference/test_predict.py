@@ -1,4 +1,5 @@
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -201,3 +202,33 @@ def test_a_model_that_cannot_be_set_up_leaves_no_reader_running(small_model, bat
     with pytest.raises(RuntimeError):
         predict_tiles(PlannedReader(), BOXES, model, card, device="cpu", batch_size=1, batched=True)
     _assert_stopped(batch_readers)
+
+
+class SlowFirstBatch(PlannedReader):
+    """Makes its first batch slowly, so that every run's planner is started before any batcher."""
+
+    def make(self, boxes):
+        if not self.threads["make"]:
+            time.sleep(0.5)
+        return super().make(boxes)
+
+
+def test_more_runs_at_once_than_shared_threads_all_finish(small_model):
+    # a planner on a shared thread waits for its batcher: with every shared thread held by a
+    # planner, runs past SHARED_RUNS must bring threads of their own or none would finish
+    from concurrent.futures import ThreadPoolExecutor
+
+    from napari_ssmamba.inference.predict import SHARED_RUNS
+
+    model, card = small_model
+    runs = 2 * SHARED_RUNS + 4
+
+    def run(_):
+        return predict_tiles(
+            SlowFirstBatch(), BOXES, model, card, device="cpu", batch_size=1, attention=False,
+            batched=True,
+        )
+
+    with ThreadPoolExecutor(runs) as callers:
+        results = list(callers.map(run, range(runs), timeout=60))
+    assert all(len(result.probabilities) == len(BOXES) for result in results)

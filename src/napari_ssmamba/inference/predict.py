@@ -287,11 +287,16 @@ def batch_sizes(
     return sizes
 
 
+#: runs at once that plan and make their batches on long-lived threads (two each: starting two
+#: threads per run adds about 0.3 ms each before the first batch); more runs start their own, as
+#: a planner holding a shared thread could otherwise wait for ever for its batcher to get one
+SHARED_RUNS = 8
+_shared_runs = threading.BoundedSemaphore(SHARED_RUNS)
+
+
 @functools.cache
-def _reader_threads() -> ThreadPoolExecutor:
-    """Long-lived threads for the readers' planning and making (two per run): starting two
-    threads per run would add about 0.3 ms each before the first batch."""
-    return ThreadPoolExecutor(max_workers=8, thread_name_prefix="tile-pipeline")
+def _shared_threads() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=2 * SHARED_RUNS, thread_name_prefix="tile-pipeline")
 
 
 class _BatchReader:
@@ -322,14 +327,19 @@ class _BatchReader:
         starts = np.cumsum([0, *sizes])
         batches = [boxes_l0[a:b] for a, b in itertools.pairwise(starts)]
         first = self._plan(batches[0])
-        threads = _reader_threads()
-        self._tasks = [threads.submit(self._plan_all, batches[1:])]
+        self._shared = _shared_runs.acquire(blocking=False)
+        self._threads = (
+            _shared_threads()
+            if self._shared
+            else ThreadPoolExecutor(max_workers=2, thread_name_prefix="tile-pipeline-own")
+        )
+        self._tasks = [self._threads.submit(self._plan_all, batches[1:])]
         try:  # the next plans are made while the first batch decodes
             self._queue.put(self._make_batch(first))
         except BaseException:
             self.close()
             raise
-        self._tasks.append(threads.submit(self._make_all))
+        self._tasks.append(self._threads.submit(self._make_all))
 
     def _put(self, target, item) -> bool:
         while not self._stop.is_set():
@@ -407,6 +417,11 @@ class _BatchReader:
         """Stop planning and making, and wait until neither runs."""
         self._stop.set()
         concurrent.futures.wait(self._tasks)
+        if self._shared:
+            self._shared = False
+            _shared_runs.release()
+        else:
+            self._threads.shutdown()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
