@@ -492,7 +492,7 @@ def predict_tiles(
     progress(0, n, "Classifying tiles")
     try:
         classify = TileClassifier(model, card, torch_device, attention, cuda_graphs)
-        if not captured:  # small runs keep to the graphs there are
+        if not captured:  # else a small run, cut to the graphs there are (above)
             classify.prepare(sizes, tile_hw)
         for tiles in reader:
             if cancel is not None and cancel.is_set():
