@@ -98,9 +98,11 @@ class JpegTiles:
         self._tables = bytes(tables[:-2]) if tables else None
         self._reader = reader
 
-    @property
+    @functools.cached_property
     def stored(self) -> np.ndarray:
-        """(rows, cols) bool: False for tiles the file does not store (readers show them white)."""
+        """(rows, cols) bool: False for tiles the file does not store (readers show them white).
+
+        Worked out once: every batch plan of the JPEG batch reader looks it up."""
         count = self.grid_hw[0] * self.grid_hw[1]
         return ((self._offsets[:count] > 0) & (self._sizes[:count] > 0)).reshape(self.grid_hw)
 
