@@ -8,7 +8,13 @@ import torch
 
 from napari_ssmamba.inference import graphs
 from napari_ssmamba.inference.graphs import bucket_size, fit_to_buckets, graphed_classifier
-from napari_ssmamba.inference.predict import TileClassifier, batch_sizes, predict_tiles
+from napari_ssmamba.inference.predict import (
+    TileClassifier,
+    batch_sizes,
+    predict_tiles,
+    schedule_buckets,
+    warm_up_model,
+)
 
 
 def test_bucket_sizes():
@@ -31,7 +37,18 @@ def test_batch_sizes_cover_every_tile_once():
     assert batch_sizes(1000, 256, 32, 1.5) == [32, 64, 96, 160, 256, 256, 136]
 
 
-def test_small_runs_are_cut_to_the_buckets_captured():
+def test_schedule_buckets_are_those_of_the_growing_batches():
+    assert schedule_buckets(256, 64, 2.0) == [64, 128, 256]
+    assert schedule_buckets(256, 32, 1.5) == [32, 64, 96, 160, 256]
+    assert schedule_buckets(128) == [128]
+    assert schedule_buckets(100, 64) == [64, 128]  # 100 runs in the 128 graph
+    # a run's last batch runs padded in one of these buckets, or split where that pads less
+    # (152 as 128 + 24: 192 tiles run, not 256)
+    for n, sizes in ((37, [37]), (132, [64, 68]), (600, [64, 128, 256, 128, 24])):
+        assert fit_to_buckets(batch_sizes(n, 256, 64), schedule_buckets(256, 64)) == sizes
+
+
+def test_batches_are_cut_to_the_buckets_captured():
     # a moved ROI: 165 tiles planned as 64 + 101, with graphs for 64 and 96 only: 101 runs as
     # 64 + 37 (128 tiles run, padding included), not as 96 + 5 (160)
     assert fit_to_buckets([64, 101], [64, 96]) == [64, 64, 37]
@@ -170,19 +187,22 @@ def test_threads_sharing_a_model_get_their_own_answers(small_model):
 
 
 @pytest.mark.gpu
-def test_a_small_run_uses_the_graphs_there_are(small_model):
-    model, card = small_model
+def test_after_warm_up_no_run_captures_a_graph(small_model):
+    from napari_ssmamba.model import create_model
+
+    _, card = small_model
+    torch.manual_seed(0)
+    model = create_model("ssmamba_test", num_classes=3).eval()  # no graphs from other tests
     device = torch.device("cuda")
-    predict_tiles(lambda box: np.zeros((64, 64, 3), np.uint8), np.zeros((100, 4)), model, card,
-                  device="cuda", attention=False)
+    warm_up_model(model, card, "cuda", attention=False)
     classify = TileClassifier(model, card, device, attention=False)
-    before = classify.graphs.captured((64, 64))
-    assert before  # the first run captured the graphs for its batches
-    tiles = _tiles(max(before) + 37, seed=3)  # a size that would need a new bucket
-    out = predict_tiles(lambda box: tiles[int(box[0])].cpu().numpy(),
-                        np.array([[i, 0, 64, 64] for i in range(len(tiles))]), model, card,
-                        device="cuda", attention=False)
-    assert classify.graphs.captured((64, 64)) == before  # nothing new captured
+    assert classify.graphs.captured((64, 64)) == [64, 128, 256]
     eager = TileClassifier(model, card, device, attention=False, cuda_graphs=False)
-    np.testing.assert_allclose(out.probabilities, eager(tiles)[0].cpu().numpy(), atol=2e-2)
-    model.cpu()
+    for n in (37, 132, 300):  # last batches of 37, 68 and 108 tiles: no bucket of their own
+        tiles = _tiles(n, seed=n)
+        out = predict_tiles(lambda box, tiles=tiles: tiles[int(box[0])].cpu().numpy(),
+                            np.array([[i, 0, 64, 64] for i in range(n)]), model, card,
+                            device="cuda", attention=False)
+        assert classify.graphs.captured((64, 64)) == [64, 128, 256]  # nothing new captured
+        assert out.cuda_graphs
+        np.testing.assert_allclose(out.probabilities, eager(tiles)[0].cpu().numpy(), atol=2e-2)

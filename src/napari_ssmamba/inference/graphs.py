@@ -13,12 +13,12 @@ its parameters or buffers have moved (``model.to(...)`` and back, new weights as
 by :meth:`GraphedClassifier.follow`, once per run, not per batch (walking a model's tensors takes
 a fraction of a millisecond). The first capture of a bucket in a process costs most of a second
 (cuDNN plans the convolutions for the new shape), so a batch without a graph of its own runs in a
-larger one already captured, and small runs are cut to the buckets there are
-(:func:`fit_to_buckets`).
+larger one already captured, and runs are cut to the buckets there are (:func:`fit_to_buckets`).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
@@ -47,19 +47,25 @@ def fit_to_buckets(sizes, captured) -> list[int]:
     """``sizes`` cut again so that every batch runs in a ``captured`` bucket: each size either
     runs whole, padded in the smallest captured bucket that holds it, or is split into captured
     buckets and a rest, whichever pads the fewest tiles (on a tie, the fewest batches)."""
-    captured = sorted(set(captured), reverse=True)
+    captured = tuple(sorted(set(captured), reverse=True))
     if not captured or all(bucket_size(size) in captured for size in sizes):
         return list(sizes)
+    return [part for size in sizes for part in _fit_one(size, captured)]
+
+
+@functools.lru_cache(maxsize=256)
+def _fit_one(size: int, captured: tuple[int, ...]) -> tuple[int, ...]:
+    """The parts :func:`fit_to_buckets` cuts ``size`` into (``captured``: largest first)."""
     best = {0: (0, ())}  # size -> (tiles run, padding included; its parts), larger parts first
-    for size in range(1, max(sizes, default=0) + 1):
-        holding = [b for b in captured if b >= size]
-        choice = (min(holding), (size,)) if holding else (math.inf, (size,))
-        for bucket in (b for b in captured if b < size):
-            padded, parts = best[size - bucket]
+    for n in range(1, size + 1):
+        holding = [b for b in captured if b >= n]
+        choice = (min(holding), (n,)) if holding else (math.inf, (n,))
+        for bucket in (b for b in captured if b < n):
+            padded, parts = best[n - bucket]
             if (bucket + padded, 1 + len(parts)) < (choice[0], len(choice[1])):
                 choice = (bucket + padded, (bucket, *parts))
-        best[size] = choice
-    return [part for size in sizes for part in best[size][1]]
+        best[n] = choice
+    return best[size][1]
 
 
 def walk_model(model) -> tuple[list, bool]:

@@ -8,9 +8,10 @@ ahead, while another thread plans the next batch on the host. Batches start smal
 the model starts early. Tiles are converted and normalised on the device, and results stay there
 until the end, so the GPU is fed without waiting for copies back.
 On CUDA the model runs under bf16 autocast, replayed from CUDA graphs captured while the first
-batches are made (:mod:`~napari_ssmamba.inference.graphs`); small runs, such as a moved ROI, keep
-to the graphs already captured rather than capture new ones. A ``torch.cuda.OutOfMemoryError``
-halves the batch size and retries the same tiles instead of failing.
+batches are made (:mod:`~napari_ssmamba.inference.graphs`), for the few batch sizes every run uses
+(:func:`schedule_buckets`); other batches run padded in those, so that no run after the first
+captures again (:func:`warm_up_model` captures them before the first). A
+``torch.cuda.OutOfMemoryError`` halves the batch size and retries the same tiles instead of failing.
 """
 
 from __future__ import annotations
@@ -43,11 +44,6 @@ CUDA_BATCH_SIZE = 256
 #: of waiting for a whole batch
 CUDA_FIRST_BATCH = 64
 CUDA_BATCH_GROWTH = 2.0
-#: runs of at most this many tiles (an ROI) cut their batches to fit the CUDA graphs already
-#: captured for the model instead of capturing graphs for new batch sizes: the first capture of a
-#: size in a process costs 0.7-0.9 s (cuDNN builds its convolution plans; H100,
-#: bench/results/capture_*), the padding a few milliseconds
-SMALL_RUN_TILES = 1024
 
 
 @dataclass
@@ -228,6 +224,21 @@ class TileClassifier:
         return out[0], out[1] if self.attention else None
 
 
+def warm_up_model(
+    model, card, device: str = "auto", attention: bool = True, batch_size: int | None = None
+) -> None:
+    """Do what the first :func:`predict_tiles` on ``device`` in a process would do before its first
+    batch: move ``model`` there and, on CUDA, capture its graphs for :func:`schedule_buckets`
+    (several seconds the first time: the scan kernels compile, cuDNN plans the convolutions)."""
+    torch_device = resolve_device(device)
+    classify = TileClassifier(model, card, torch_device, attention)
+    batch_size = int(batch_size or default_batch_size(torch_device))
+    classify.prepare(
+        schedule_buckets(batch_size, CUDA_FIRST_BATCH, CUDA_BATCH_GROWTH),
+        (card.tile_size, card.tile_size),
+    )
+
+
 def run_batches(classify: Callable, tiles, batch_size: int):
     """Run ``classify`` over ``tiles`` (a uint8 tensor) in chunks; halve the chunk on CUDA OOM.
 
@@ -278,13 +289,35 @@ def batch_sizes(
     """The sizes of the batches ``n`` tiles are read in: ``first`` (default ``batch_size``), then
     ``growth`` times more each time, rounded up to whole CUDA-graph buckets, up to ``batch_size``;
     the last one takes what is left."""
+    sizes = []
+    for size in _schedule(batch_size, first, growth):
+        if sum(sizes) >= n:
+            return sizes
+        sizes.append(min(size, n - sum(sizes)))
+
+
+def schedule_buckets(batch_size: int, first: int | None = None, growth: float = 2.0) -> list[int]:
+    """The CUDA-graph buckets of the batch sizes a run starts with and grows to (64, 128, 256 by
+    default on CUDA): captured once per model and process, they serve every run, each run's last
+    batch padded into one of them (see :func:`predict_tiles`)."""
+    from napari_ssmamba.inference.graphs import bucket_size
+
+    buckets = []
+    for size in _schedule(batch_size, first, growth):
+        if bucket_size(size) in buckets:
+            return buckets
+        buckets.append(bucket_size(size))
+
+
+def _schedule(batch_size: int, first: int | None, growth: float):
+    """Batch sizes without end: ``first``, then ``growth`` times more in whole buckets, up to
+    ``batch_size``."""
     from napari_ssmamba.inference.graphs import BUCKET_STEP
 
-    sizes, size = [], min(first or batch_size, batch_size)
-    while sum(sizes) < n:
-        sizes.append(min(size, n - sum(sizes)))
+    size = min(first or batch_size, batch_size)
+    while True:
+        yield size
         size = min(math.ceil(size * growth / BUCKET_STEP) * BUCKET_STEP, batch_size)
-    return sizes
 
 
 #: runs at once that plan and make their batches on long-lived threads (two each: starting two
@@ -473,11 +506,13 @@ def predict_tiles(
         n, batch_size, CUDA_FIRST_BATCH if on_cuda else None, CUDA_BATCH_GROWTH if on_cuda else 2.0
     )
     tile_hw = (card.tile_size, card.tile_size)
-    captured = []
-    if on_cuda and cuda_graphs and n <= SMALL_RUN_TILES:
-        settings = graph_settings(torch_device, attention, card)
-        captured = captured_buckets(model, settings, tile_hw)
-        sizes = fit_to_buckets(sizes, captured) if captured else sizes
+    buckets = schedule_buckets(batch_size, CUDA_FIRST_BATCH, CUDA_BATCH_GROWTH)
+    if on_cuda and cuda_graphs:
+        # every batch runs in a graph of the schedule's buckets or one captured before: a run
+        # captures at most those (once per model and process; warm_up_model does it ahead), a
+        # batch of another size (the last) runs padded
+        captured = captured_buckets(model, graph_settings(torch_device, attention, card), tile_hw)
+        sizes = fit_to_buckets(sizes, {*captured, *buckets})
     reader = _BatchReader(  # makes the first batch, then the next ones while the model is set up
         read_tile,
         boxes_l0,
@@ -492,8 +527,7 @@ def predict_tiles(
     progress(0, n, "Classifying tiles")
     try:
         classify = TileClassifier(model, card, torch_device, attention, cuda_graphs)
-        if not captured:  # else a small run, cut to the graphs there are (above)
-            classify.prepare(sizes, tile_hw)
+        classify.prepare(buckets, tile_hw)
         for tiles in reader:
             if cancel is not None and cancel.is_set():
                 raise CancelledError("classification cancelled by the user")
