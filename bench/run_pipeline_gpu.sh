@@ -2,10 +2,11 @@
 # One call on the GPU machine for the classification pipeline: the GPU tests (TESTS, default
 # "tests/inference tests/model"), then for ARCHS (default ssmamba_tiny and ssmamba_base) on one
 # generated 30,000 x 24,000 slide the STEPS (default "pipeline decoders stages"; also
-# "profile"): bench_pipeline, compare_decoders, pipeline_stages, profile_pipeline. BASE, a copy
-# of another tree (git archive REV src bench), also runs its compare_decoders for an A/B in the same
-# call. Wheels the machine lacks travel in .whl-bench (see docs/benchmarks.md); results go to $OUT,
-# profiler traces as a tarball.
+# "profile", "first"): bench_pipeline, compare_decoders, pipeline_stages, profile_pipeline,
+# first_run. BASE, a copy of another tree (git archive REV src bench), also runs for an A/B in the
+# same call: its compare_decoders and its cold first_run session, as BASE_STEPS says (default
+# "decoders first"). Wheels the machine lacks travel in .whl-bench (see docs/benchmarks.md);
+# results go to $OUT, profiler traces as a tarball.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-bench/out}
@@ -13,6 +14,7 @@ TESTS=${TESTS-tests/inference tests/model}
 STEPS=${STEPS:-pipeline decoders stages}
 DECODERS=${DECODERS:---decoders nvjpeg --gathers triton,torch --first-batches 0,32,64 --growths 2}
 BASE=${BASE:-}
+BASE_STEPS=${BASE_STEPS:-decoders first}
 ARCHS=${ARCHS:-ssmamba_tiny ssmamba_base}
 mkdir -p "$OUT" /tmp/slides /tmp/traces
 # the machine's own pytest and plugins: the carried pytest wheels are for machines without one
@@ -35,6 +37,13 @@ start=$(date +%s)
 timeout 200 python3 bench/make_big_slide.py /tmp/slides/big.tif --width 30000 --height 24000 2>&1 | tail -1
 echo "slide written in $(( $(date +%s) - start )) s"
 for arch in $ARCHS; do
+  if [[ " $STEPS " == *" first "* ]]; then  # first: its first session is the model's first process
+    base=""
+    if [ -n "$BASE" ] && [[ " $BASE_STEPS " == *" first "* ]]; then base="--base $BASE/src"; fi
+    # shellcheck disable=SC2086
+    timeout 300 python3 bench/first_run.py /tmp/slides/big.tif --arch $arch $base \
+      --out "$OUT/first_run_$arch.json" 2>&1 | tail -8
+  fi
   if [[ " $STEPS " == *" pipeline "* ]]; then
     timeout 150 python3 bench/bench_pipeline.py --slide /tmp/slides/big.tif --arch $arch \
       --out "$OUT/pipeline_$arch.json" --whole-slide --repeats 2 2>&1 | grep -v -e ' round ' -e 'click to result'
@@ -43,7 +52,7 @@ for arch in $ARCHS; do
     # shellcheck disable=SC2086
     timeout 150 python3 bench/compare_decoders.py /tmp/slides/big.tif --arch $arch $DECODERS \
       --out "$OUT/decoders_$arch.json" 2>&1 | grep -v '^{' | cut -c1-3000
-    if [ -n "$BASE" ]; then
+    if [ -n "$BASE" ] && [[ " $BASE_STEPS " == *" decoders "* ]]; then
       PYTHONPATH=$BASE/src:/tmp/site timeout 150 python3 "$BASE/bench/compare_decoders.py" \
         /tmp/slides/big.tif --arch $arch --decoders nvjpeg --first-batches 0,32,64 --growths 2 \
         --out "$OUT/decoders_base_$arch.json" 2>&1 | grep -v '^{' | cut -c1-3000

@@ -62,6 +62,41 @@ def test_rois_and_cache_reclassify_only_what_changed(sample_slide, small_model):
     assert (second.labels[outside] == 0).all()
 
 
+def test_warm_up_leaves_a_run_only_the_classifying(sample_slide, small_model, monkeypatch):
+    from napari_ssmamba.inference import classify, tissue, warm_up
+
+    model, card = small_model
+    cache = ClassificationCache()
+    seconds = warm_up(sample_slide, model, card, "cpu", cache=cache)
+    assert set(seconds) == {"model_s", "tile_reader_s", "fingerprint_s", "tissue_s"}
+    assert model in cache.model_fingerprints and len(cache.tissue) == 1
+    redone = []
+    monkeypatch.setattr(tissue, "detect_tissue", lambda slide: redone.append("tissue"))
+    monkeypatch.setattr(classify, "model_fingerprint", lambda *a: redone.append("fingerprint"))
+    result = classify_slide(
+        sample_slide,
+        model,
+        card,
+        rois=[shapely.box(800, 800, 1400, 1400)],
+        device="cpu",
+        cache=cache,
+        attention=False,
+    )
+    assert result.n_tiles > 0 and redone == []
+
+
+def test_warm_up_names_the_slide_it_cannot_prepare(data_dir, small_model):
+    from napari_ssmamba.inference import warm_up
+    from napari_ssmamba.slide import open_slide
+
+    model, card = small_model
+    with (
+        open_slide(data_dir / "slides" / "kidney-48-5.tif") as slide,
+        pytest.raises(SlideError, match="kidney-48-5.tif.*microns-per-pixel"),
+    ):
+        warm_up(slide, model, card, "cpu", cache=ClassificationCache())
+
+
 def test_slide_without_mpp_is_a_clear_error(data_dir, small_model):
     from napari_ssmamba.slide import open_slide
 

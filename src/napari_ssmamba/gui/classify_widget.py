@@ -8,6 +8,7 @@ they stay aligned at every zoom. Predicted classes go to the ``predicted_class``
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,8 @@ class ClassifyWidget(QWidget):
         self._cancel = None
         self._run_slide_layer = None
         self._run_roi_layer = None
+        self._warming = None  # set when the background warm-up in flight is done
+        self._warmed = set()  # (slide, model, device) choices warmed up, or run
         settings = load_settings()
 
         self.slide_combo = QComboBox()
@@ -140,6 +143,9 @@ class ClassifyWidget(QWidget):
 
         for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             event.connect(self._refresh_layer_choices)
+        for choice in (self.slide_combo, self.model_combo, self.device_combo):
+            choice.currentTextChanged.connect(self._warm_up)
+        self.model_path.editingFinished.connect(self._warm_up)
         self._refresh_layer_choices()
 
     # --- choices -----------------------------------------------------------------------------
@@ -150,6 +156,7 @@ class ClassifyWidget(QWidget):
         roi_names = [layer.name for layer in self.viewer.layers if layer._type_string == "shapes"]
         _set_items(self.slide_combo, slide_names)
         _set_items(self.roi_combo, [WHOLE_TISSUE, *roi_names])
+        self._warm_up()
 
     def _on_browse(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
@@ -158,6 +165,7 @@ class ClassifyWidget(QWidget):
         if path:
             self.model_path.setText(path)
             self.model_combo.setCurrentText(CHECKPOINT_FILE)
+            self._warm_up()
 
     def _checkpoint(self) -> Path | None:
         if self.model_combo.currentText() == CHECKPOINT_FILE and self.model_path.text().strip():
@@ -193,16 +201,12 @@ class ClassifyWidget(QWidget):
         self._run_slide_layer, self._run_roi_layer = slide_layer, roi_layer
         from napari_ssmamba.gui._workers import start_job
 
+        slide, checkpoint, device = self._choice()
+        self._warmed.add((str(slide.path), str(checkpoint), device))
         self._set_running(True)
         self.status_label.setText("Classifying…")
         self._worker, self._cancel = start_job(
-            self._job(
-                slide_layer.metadata["slide"],
-                rois,
-                self._checkpoint(),
-                self.device_combo.currentText(),
-                self.stride_spin.value() or None,
-            ),
+            self._job(slide, rois, checkpoint, device, self.stride_spin.value() or None),
             "Classifying ROIs",
             on_returned=self._on_returned,
             on_errored=self._on_errored,
@@ -216,9 +220,17 @@ class ClassifyWidget(QWidget):
             self.status_label.setText("Cancelling after the current batch…")
 
     def _job(self, slide, rois, checkpoint, device, stride):
+        warming = self._warming
+
         def job(progress, cancel):
+            from napari_ssmamba.errors import CancelledError
             from napari_ssmamba.inference import classify_slide
 
+            if warming is not None:  # it prepares what the run needs: wait rather than redo it
+                progress(0, 0, "Waiting for the model to be prepared")
+                while not warming.wait(0.1):
+                    if cancel.is_set():
+                        raise CancelledError("classification cancelled by the user")
             model, card = self._load_model(checkpoint)
             return classify_slide(
                 slide,
@@ -233,6 +245,57 @@ class ClassifyWidget(QWidget):
             )
 
         return job
+
+    def _choice(self) -> tuple:
+        """The slide (None without a slide layer), checkpoint (None: bundled) and device chosen."""
+        name = self.slide_combo.currentText()
+        slide = self.viewer.layers[name].metadata["slide"] if name else None
+        return slide, self._checkpoint(), self.device_combo.currentText()
+
+    def _warm_up(self, *_) -> None:
+        """Prepare the chosen model on the chosen device, and the slide's tissue mask, in the
+        background (:func:`~napari_ssmamba.inference.warm_up`), once per choice: the first Run
+        then starts at once instead of after seconds of GPU kernel compilation."""
+        from napari_ssmamba.gui._workers import start_job
+
+        slide, checkpoint, device = self._choice()
+        if slide is None or self._warming is not None or self._worker is not None:
+            return
+        key = (str(slide.path), str(checkpoint), device)
+        if key in self._warmed:
+            return
+        self._warmed.add(key)
+        done = self._warming = threading.Event()
+
+        def job(progress, cancel):
+            from napari_ssmamba.inference import warm_up
+
+            try:
+                model, card = self._load_model(checkpoint)
+                return warm_up(slide, model, card, device, cache=self._cache)
+            finally:
+                done.set()
+
+        self.status_label.setText(f"Preparing the model and the slide ({device})…")
+        start_job(
+            job,
+            "Preparing the model and the slide",
+            on_returned=self._on_warmed_up,
+            on_errored=self._on_warm_up_failed,
+            on_finished=self._on_warm_up_finished,
+        )
+
+    def _on_warmed_up(self, seconds: dict) -> None:
+        if self._worker is None:  # else the label tells the run's progress
+            self.status_label.setText(f"Ready to run (prepared in {sum(seconds.values()):.1f} s).")
+
+    def _on_warm_up_failed(self, error: Exception) -> None:
+        if self._worker is None:  # else the run reports it
+            self.status_label.setText(f"Could not prepare the run: {error}")
+
+    def _on_warm_up_finished(self) -> None:
+        self._warming = None
+        self._warm_up()  # the choices may have changed meanwhile
 
     def _load_model(self, checkpoint):
         from napari_ssmamba.model import default_checkpoint, load_checkpoint
@@ -265,6 +328,7 @@ class ClassifyWidget(QWidget):
     def _on_finished(self) -> None:
         self._worker, self._cancel = None, None
         self._set_running(False)
+        self._warm_up()  # the choices may have changed during the run
 
     def _on_errored(self, error: Exception) -> None:
         from napari.utils.notifications import show_error, show_info

@@ -13,6 +13,7 @@ _EXPORTS = {
     "run_slide": "classify",
     "load_rois": "classify",
     "ClassificationCache": "classify",
+    "warm_up": "classify",
     "ClassificationResult": "result",
     "RoiResult": "result",
     "RoiTiles": "result",
@@ -48,6 +49,7 @@ __all__ = [
     "run_slide",
     "tile_geometry",
     "tissue_mask_from_rgb",
+    "warm_up",
 ]
 
 

@@ -47,6 +47,54 @@ class ClassificationCache:
             self.model_fingerprints[model] = model_fingerprint(model, card)
         return self.model_fingerprints[model]
 
+    def tissue_of(self, slide):
+        """The slide's tissue mask, detected once per slide."""
+        from napari_ssmamba.inference.tissue import detect_tissue
+
+        key = _slide_key(slide)
+        if key not in self.tissue:
+            self.tissue[key] = detect_tissue(slide)
+        return self.tissue[key]
+
+
+def warm_up(
+    slide,
+    model,
+    card,
+    device: str = "auto",
+    cache: ClassificationCache | None = None,
+    attention: bool = True,
+) -> dict[str, float]:
+    """Do ahead what the first :func:`classify_slide` of ``slide`` with ``model`` in a process
+    would do besides classifying: move the model to ``device`` and capture its CUDA graphs
+    (:func:`~napari_ssmamba.inference.predict.warm_up_model`; the first time several seconds on a
+    GPU), set up the slide's tile reader there (on CUDA: nvJPEG, checked against the slide reader,
+    and the gather kernel), and with a ``cache``, fingerprint the model and detect the slide's
+    tissue. The Classify widget does this in the background while the user draws ROIs. Returns
+    the seconds each step took."""
+    from napari_ssmamba.inference.jpeg_batches import JpegBatchReader, tile_reader_for
+    from napari_ssmamba.inference.predict import resolve_device, warm_up_model
+
+    seconds = {}
+    start = time.perf_counter()
+    warm_up_model(model, card, device, attention)
+    seconds["model_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    _check_rgb(slide)
+    geometry = tile_geometry(_slide_mpp(slide), slide.level_downsamples, card.tile_size, card.mpp)
+    reader = tile_reader_for(slide, geometry, resolve_device(device))
+    if isinstance(reader, JpegBatchReader):  # one tile, for what the first batch sets up
+        reader(np.array([[0, 0, geometry.tile_l0, geometry.tile_l0]]))
+    seconds["tile_reader_s"] = time.perf_counter() - start
+    if cache is not None:
+        start = time.perf_counter()
+        cache.fingerprint(model, card)
+        seconds["fingerprint_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        cache.tissue_of(slide)
+        seconds["tissue_s"] = time.perf_counter() - start
+    return seconds
+
 
 def model_fingerprint(model, card) -> str:
     """sha256 over the model card and the model's parameters and buffers."""
@@ -61,6 +109,18 @@ def model_fingerprint(model, card) -> str:
 
 def _as_geometry(roi):
     return getattr(roi, "geometry", roi)
+
+
+def _slide_key(slide) -> str:
+    return str(getattr(slide, "path", id(slide)))
+
+
+def _check_rgb(slide) -> None:
+    if not getattr(slide, "is_rgb", True):
+        raise SlideError(
+            f"{slide.path}: SSMamba classifies RGB brightfield slides (H&E, IHC); this slide has "
+            f"{getattr(slide, 'channel_count', 'several')} channels. Open an RGB slide."
+        )
 
 
 def _slide_mpp(slide) -> tuple[float, float]:
@@ -107,23 +167,14 @@ def classify_slide(
     progress = progress or no_progress
     timings = {}
     start = time.perf_counter()
-    if not getattr(slide, "is_rgb", True):
-        raise SlideError(
-            f"{slide.path}: SSMamba classifies RGB brightfield slides (H&E, IHC); this slide has "
-            f"{getattr(slide, 'channel_count', 'several')} channels. Open an RGB slide."
-        )
+    _check_rgb(slide)
     mpp = _slide_mpp(slide)
     geometry = tile_geometry(mpp, slide.level_downsamples, card.tile_size, card.mpp, stride)
     slide_wh = tuple(int(v) for v in slide.dimensions)
-    slide_key = str(getattr(slide, "path", id(slide)))
+    slide_key = _slide_key(slide)
 
     progress(0, 1, "Detecting tissue")
-    if cache is not None and slide_key in cache.tissue:
-        tissue = cache.tissue[slide_key]
-    else:
-        tissue = detect_tissue(slide)
-        if cache is not None:
-            cache.tissue[slide_key] = tissue
+    tissue = cache.tissue_of(slide) if cache is not None else detect_tissue(slide)
     timings["tissue_s"] = time.perf_counter() - start
 
     whole_tissue = rois is None
