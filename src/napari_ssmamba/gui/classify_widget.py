@@ -253,10 +253,11 @@ class ClassifyWidget(QWidget):
         return slide, self._checkpoint(), self.device_combo.currentText()
 
     def _warm_up(self, *_) -> None:
-        """Prepare the chosen model on the chosen device, and the slide's tissue mask, in the
-        background (:func:`~napari_ssmamba.inference.warm_up`), once per choice: the first Run
-        then starts at once instead of after seconds of GPU kernel compilation."""
+        """Prepare the chosen model on the chosen device, and the slide's tile reader and tissue
+        mask, in the background (:func:`~napari_ssmamba.inference.warm_up`), once per choice: the
+        first Run then starts at once instead of after seconds of GPU kernel compilation."""
         from napari_ssmamba.gui._workers import start_job
+        from napari_ssmamba.inference.predict import resolve_device
 
         slide, checkpoint, device = self._choice()
         if slide is None or self._warming is not None or self._worker is not None:
@@ -276,7 +277,8 @@ class ClassifyWidget(QWidget):
             finally:
                 done.set()
 
-        self.status_label.setText(f"Preparing the model and the slide ({device})…")
+        where = "GPU" if resolve_device(device).type == "cuda" else "CPU"
+        self.status_label.setText(f"Preparing the model and the slide on the {where}…")
         start_job(
             job,
             "Preparing the model and the slide",
