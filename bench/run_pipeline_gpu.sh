@@ -54,8 +54,7 @@ for arch in $ARCHS; do
       --out "$OUT/decoders_$arch.json" 2>&1 | grep -v '^{' | cut -c1-3000
     if [ -n "$BASE" ] && [[ " $BASE_STEPS " == *" decoders "* ]]; then
       PYTHONPATH=$BASE/src:/tmp/site timeout 150 python3 "$BASE/bench/compare_decoders.py" \
-        /tmp/slides/big.tif --arch $arch --decoders nvjpeg --first-batches 0,32,64 --growths 2 \
-        --out "$OUT/decoders_base_$arch.json" 2>&1 | grep -v '^{' | cut -c1-3000
+        /tmp/slides/big.tif --arch $arch $DECODERS --out "$OUT/decoders_base_$arch.json" 2>&1 | grep -v '^{' | cut -c1-3000
     fi
   fi
   if [[ " $STEPS " == *" stages "* ]]; then
