@@ -191,7 +191,12 @@ def test_the_model_and_tissue_are_prepared_before_run(
     widget.model_path.setText(str(small_checkpoint))
     widget.device_combo.setCurrentText("cpu")
     widget.model_combo.setCurrentText("Checkpoint file")  # a new choice: prepared again
-    qtbot.waitUntil(lambda: widget.status_label.text().startswith("Ready to run"), timeout=60_000)
+    qtbot.waitUntil(
+        lambda: widget._warming is None
+        and any(key[1:] == (str(small_checkpoint), "cpu") for key in widget._warmed),
+        timeout=60_000,
+    )
+    assert widget.status_label.text().startswith("Ready to run on the CPU")
     assert str(small_checkpoint) in widget._models and len(detections) == 1
     model = widget._models[str(small_checkpoint)][0]
     assert model in widget._cache.model_fingerprints

@@ -257,7 +257,6 @@ class ClassifyWidget(QWidget):
         mask, in the background (:func:`~napari_ssmamba.inference.warm_up`), once per choice: the
         first Run then starts at once instead of after seconds of GPU kernel compilation."""
         from napari_ssmamba.gui._workers import start_job
-        from napari_ssmamba.inference.predict import resolve_device
 
         slide, checkpoint, device = self._choice()
         if slide is None or self._warming is not None or self._worker is not None:
@@ -268,17 +267,18 @@ class ClassifyWidget(QWidget):
         self._warmed.add(key)
         done = self._warming = threading.Event()
 
-        def job(progress, cancel):
+        def job(progress, cancel):  # torch is imported here, off the UI thread
             from napari_ssmamba.inference import warm_up
+            from napari_ssmamba.inference.predict import resolve_device
 
             try:
                 model, card = self._load_model(checkpoint)
-                return warm_up(slide, model, card, device, cache=self._cache)
+                seconds = warm_up(slide, model, card, device, cache=self._cache)
+                return "GPU" if resolve_device(device).type == "cuda" else "CPU", seconds
             finally:
                 done.set()
 
-        where = "GPU" if resolve_device(device).type == "cuda" else "CPU"
-        self.status_label.setText(f"Preparing the model and the slide on the {where}…")
+        self.status_label.setText("Preparing the model and the slide…")
         start_job(
             job,
             "Preparing the model and the slide",
@@ -287,9 +287,12 @@ class ClassifyWidget(QWidget):
             on_finished=self._on_warm_up_finished,
         )
 
-    def _on_warmed_up(self, seconds: dict) -> None:
+    def _on_warmed_up(self, prepared: tuple) -> None:
         if self._worker is None:  # else the label tells the run's progress
-            self.status_label.setText(f"Ready to run (prepared in {sum(seconds.values()):.1f} s).")
+            where, seconds = prepared
+            self.status_label.setText(
+                f"Ready to run on the {where} (prepared in {sum(seconds.values()):.1f} s)."
+            )
 
     def _on_warm_up_failed(self, error: Exception) -> None:
         if self._worker is None:  # else the run reports it
