@@ -129,15 +129,21 @@ def test_screenshot_overlay_where_it_must_be(qtbot, viewer_with_sample, small_ch
     )
 
 
-def test_cancel_reports_and_keeps_napari_running(qtbot, make_napari_viewer, small_checkpoint):
+def _widget_beside_the_sample(qtbot, viewer):
+    """A Classify widget for a viewer showing the sample slide: its warm-up starts with it."""
     from napari_ssmamba.gui.classify_widget import ClassifyWidget
     from napari_ssmamba.gui.sample_data import cmu1_small_region
 
-    viewer = make_napari_viewer()
     data, kwargs, _ = cmu1_small_region()[0]
     viewer.add_image(data, **kwargs)
     widget = ClassifyWidget(viewer)
     qtbot.addWidget(widget)
+    return widget
+
+
+def test_cancel_reports_and_keeps_napari_running(qtbot, make_napari_viewer, small_checkpoint):
+    viewer = make_napari_viewer()
+    widget = _widget_beside_the_sample(qtbot, viewer)
     widget.model_combo.setCurrentText("Checkpoint file")
     widget.model_path.setText(str(small_checkpoint))
     widget.device_combo.setCurrentText("cpu")
@@ -165,7 +171,9 @@ def test_a_drawn_roi_layer_gets_the_slides_micron_units(qtbot, viewer_with_sampl
     assert str(image.units[-1]) == "pixel"  # only shapes and points layers are relabelled
 
 
-def _count_tissue_detections(monkeypatch) -> list:
+@pytest.fixture
+def tissue_detections(monkeypatch) -> list:
+    """The slides ``detect_tissue`` is called on from now on."""
     from napari_ssmamba.inference import tissue
 
     calls, detect = [], tissue.detect_tissue
@@ -174,70 +182,49 @@ def _count_tissue_detections(monkeypatch) -> list:
 
 
 def test_the_model_and_tissue_are_prepared_before_run(
-    qtbot, make_napari_viewer, small_checkpoint, monkeypatch
+    qtbot, make_napari_viewer, small_checkpoint, tissue_detections
 ):
     # a slide open and a model chosen: the widget loads the model, moves it to the device (on
     # CUDA, captures its graphs) and detects the tissue in the background; Run then redoes none
-    from napari_ssmamba.gui.classify_widget import ClassifyWidget
-    from napari_ssmamba.gui.sample_data import cmu1_small_region
-
-    detections = _count_tissue_detections(monkeypatch)
-    viewer = make_napari_viewer()
-    data, kwargs, _ = cmu1_small_region()[0]
-    viewer.add_image(data, **kwargs)
-    widget = ClassifyWidget(viewer)
-    qtbot.addWidget(widget)
+    widget = _widget_beside_the_sample(qtbot, make_napari_viewer())
     qtbot.waitUntil(lambda: widget._warming is None, timeout=60_000)  # the bundled model
     widget.model_path.setText(str(small_checkpoint))
     widget.device_combo.setCurrentText("cpu")
     widget.model_combo.setCurrentText("Checkpoint file")  # a new choice: prepared again
     qtbot.waitUntil(
-        lambda: widget._warming is None
-        and any(key[1:] == (str(small_checkpoint), "cpu") for key in widget._warmed),
+        lambda: (
+            widget._warming is None
+            and any(key[1:] == (str(small_checkpoint), "cpu") for key in widget._warmed)
+        ),
         timeout=60_000,
     )
     assert widget.status_label.text().startswith("Ready to run on the CPU")
-    assert str(small_checkpoint) in widget._models and len(detections) == 1
+    assert str(small_checkpoint) in widget._models and len(tissue_detections) == 1
     model = widget._models[str(small_checkpoint)][0]
     assert model in widget._cache.model_fingerprints
     loaded = dict(widget._models)
     _run(qtbot, widget)
     assert widget.result is not None and widget.result.n_tiles > 0
-    assert len(detections) == 1 and widget._models == loaded  # nothing done twice
+    assert len(tissue_detections) == 1 and widget._models == loaded  # nothing done twice
 
 
-def test_run_during_preparation_waits_for_it(
-    qtbot, make_napari_viewer, small_checkpoint, monkeypatch
-):
-    from napari_ssmamba.gui.classify_widget import ClassifyWidget
-    from napari_ssmamba.gui.sample_data import cmu1_small_region
-
-    detections = _count_tissue_detections(monkeypatch)
-    viewer = make_napari_viewer()
-    data, kwargs, _ = cmu1_small_region()[0]
-    viewer.add_image(data, **kwargs)
-    widget = ClassifyWidget(viewer)
-    qtbot.addWidget(widget)
+def test_run_during_preparation_waits_for_it(qtbot, make_napari_viewer, tissue_detections):
+    widget = _widget_beside_the_sample(qtbot, make_napari_viewer())
     assert widget._warming is not None  # started with the widget
     _run(qtbot, widget)  # the bundled model on the whole tissue, at once
-    assert widget.result is not None and len(detections) == 1
+    assert widget.result is not None and len(tissue_detections) == 1
     assert "tiles classified" in widget.status_label.text()  # not "Ready to run"
 
 
 def test_a_model_that_cannot_be_prepared_is_named_in_the_status(
     qtbot, make_napari_viewer, tmp_path
 ):
-    from napari_ssmamba.gui.classify_widget import ClassifyWidget
-    from napari_ssmamba.gui.sample_data import cmu1_small_region
-
-    viewer = make_napari_viewer()
-    data, kwargs, _ = cmu1_small_region()[0]
-    viewer.add_image(data, **kwargs)
-    widget = ClassifyWidget(viewer)
-    qtbot.addWidget(widget)
+    widget = _widget_beside_the_sample(qtbot, make_napari_viewer())
     qtbot.waitUntil(lambda: widget._warming is None, timeout=60_000)
     missing = tmp_path / "nowhere.safetensors"
     widget.model_path.setText(str(missing))
     widget.model_combo.setCurrentText("Checkpoint file")
-    qtbot.waitUntil(lambda: "Could not prepare the run" in widget.status_label.text(), timeout=30_000)
+    qtbot.waitUntil(
+        lambda: "Could not prepare the run" in widget.status_label.text(), timeout=30_000
+    )
     assert "nowhere.safetensors" in widget.status_label.text()

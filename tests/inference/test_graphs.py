@@ -200,9 +200,14 @@ def test_after_warm_up_no_run_captures_a_graph(small_model):
     eager = TileClassifier(model, card, device, attention=False, cuda_graphs=False)
     for n in (37, 132, 300):  # last batches of 37, 68 and 108 tiles: no bucket of their own
         tiles = _tiles(n, seed=n)
-        out = predict_tiles(lambda box, tiles=tiles: tiles[int(box[0])].cpu().numpy(),
-                            np.array([[i, 0, 64, 64] for i in range(n)]), model, card,
-                            device="cuda", attention=False)
+        out = predict_tiles(
+            lambda box, tiles=tiles: tiles[int(box[0])].cpu().numpy(),
+            np.array([[i, 0, 64, 64] for i in range(n)]),
+            model,
+            card,
+            device="cuda",
+            attention=False,
+        )
         assert classify.graphs.captured((64, 64)) == [64, 128, 256]  # nothing new captured
         assert out.cuda_graphs
         np.testing.assert_allclose(out.probabilities, eager(tiles)[0].cpu().numpy(), atol=2e-2)
