@@ -27,6 +27,17 @@ def test_whole_tissue_result(whole_tissue):
     assert r.attention is not None and r.attention.shape[0] >= r.labels.shape[0]
 
 
+@pytest.mark.parametrize("stride", [None, 32])  # tiles meeting edge to edge, and overlapping
+def test_whole_tissue_region_is_the_union_of_its_tiles(sample_slide, small_model, stride):
+    model, card = small_model
+    r = classify_slide(sample_slide, model, card, device="cpu", attention=False, stride=stride)
+    x, y, w, h = r.tile_boxes_l0.T
+    union = shapely.union_all(shapely.box(x, y, x + w, y + h))
+    geometry = r.rois[0].geometry
+    assert geometry.is_valid and geometry.equals(union)
+    assert geometry.area == pytest.approx(union.area)
+
+
 def test_heatmap_cells_hold_their_tile_probabilities(whole_tissue):
     r = whole_tissue
     grid = r.heatmap_grid

@@ -36,3 +36,38 @@ def test_cells_inside_uses_cell_centres():
     grid = Grid((0.0, 0.0), 10.0, (3, 3))
     inside = cells_inside(grid, [shapely.box(0, 0, 16, 30)])
     assert inside.tolist() == [[True, True, False]] * 3
+
+
+def _stitch_maps_tile_by_tile(grid, boxes, tile_maps):
+    """stitch_maps as written before: PIL's box filter on each tile's map in turn."""
+    from PIL import Image
+
+    total = np.zeros(grid.shape_hw)
+    count = np.zeros(grid.shape_hw, dtype=np.int32)
+    for box, tile_map in zip(boxes, tile_maps):
+        i0, i1, j0, j1 = grid.cell_ranges(box)
+        if i1 <= i0 or j1 <= j0:  # off the grid
+            continue
+        image = Image.fromarray(tile_map.astype(np.float32), mode="F")
+        total[i0:i1, j0:j1] += np.asarray(image.resize((j1 - j0, i1 - i0), Image.Resampling.BOX))
+        count[i0:i1, j0:j1] += 1
+    return np.where(count > 0, total / np.maximum(count, 1), 0.0)
+
+
+@pytest.mark.parametrize("cell", [448 / 16, 448 / 5, 448 / 23, 448 / 3, 448])
+def test_maps_are_resized_like_pil_tile_by_tile(cell):
+    # 16 x 16 maps onto 16, 5, 23 (upsampled), 3 or 1 cells per tile side; overlapping tiles
+    # (stride 224) and tiles cut by the grid's edge
+    rng = np.random.default_rng(0)
+    boxes = np.array([[x, y, 448, 448] for y in range(0, 1400, 224) for x in range(0, 2000, 224)])
+    maps = rng.random((len(boxes), 16, 16))
+    grid = Grid.covering(boxes, cell)
+    grid = Grid(grid.origin_l0_yx, grid.cell_l0, (grid.shape_hw[0] - 2, grid.shape_hw[1] - 1))
+    want = _stitch_maps_tile_by_tile(grid, boxes, maps)
+    np.testing.assert_allclose(stitch_maps(grid, boxes, maps), want, atol=1e-6)
+
+
+def test_cell_ranges_of_many_boxes_are_those_of_each():
+    boxes = np.array([[0, 0, 100, 100], [37.5, 12, 80, 61], [-20, 390, 100, 100]])
+    grid = Grid((0.0, 0.0), 25.0, (16, 4))
+    assert grid.cell_ranges_of(boxes).tolist() == [list(grid.cell_ranges(b)) for b in boxes]

@@ -220,7 +220,11 @@ def classify_slide(
     if whole_tissue:
         roi_results = [
             RoiResult.from_tiles(
-                _union_of_boxes(new_tiles[0].boxes_l0), new_tiles[0], card.class_names
+                _union_of_boxes(
+                    new_tiles[0].boxes_l0, overlapping=geometry.stride_l0 < geometry.tile_l0
+                ),
+                new_tiles[0],
+                card.class_names,
             )
         ]
     else:
@@ -280,13 +284,15 @@ def _split_by_roi(plan, predictions) -> list[RoiTiles]:
     return out
 
 
-def _union_of_boxes(boxes_l0: np.ndarray):
+def _union_of_boxes(boxes_l0: np.ndarray, overlapping: bool = True):
     import shapely
 
     if len(boxes_l0) == 0:
         return shapely.Polygon()
     x0, y0 = boxes_l0[:, 0], boxes_l0[:, 1]
-    return shapely.union_all(shapely.box(x0, y0, x0 + boxes_l0[:, 2], y0 + boxes_l0[:, 3]))
+    boxes = shapely.box(x0, y0, x0 + boxes_l0[:, 2], y0 + boxes_l0[:, 3])
+    # tiles that only share edges form a coverage, which GEOS unites some 20x faster
+    return shapely.union_all(boxes) if overlapping else shapely.coverage_union_all(boxes)
 
 
 def _assemble(

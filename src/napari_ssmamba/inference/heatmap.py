@@ -6,6 +6,7 @@ lie inside its box; where tiles overlap, their values are averaged.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,15 +35,28 @@ class Grid:
 
     def cell_ranges(self, box_l0) -> tuple[int, int, int, int]:
         """Cells ``i0:i1, j0:j1`` whose centres lie inside ``box_l0`` (minx, miny, width, height)."""
-        x, y, w, h = box_l0
+        return tuple(int(v) for v in self.cell_ranges_of([box_l0])[0])
+
+    def cell_ranges_of(self, boxes_l0) -> np.ndarray:
+        """:meth:`cell_ranges` of every box at once: (n, 4) int64 rows ``i0, i1, j0, j1``."""
+        boxes = np.asarray(boxes_l0, dtype=np.float64).reshape(-1, 4)
+        x, y, w, h = boxes.T
         oy, ox = self.origin_l0_yx
         c = self.cell_l0
-        j0 = int(np.ceil((x - ox) / c - 0.5))
-        j1 = int(np.ceil((x + w - ox) / c - 0.5))
-        i0 = int(np.ceil((y - oy) / c - 0.5))
-        i1 = int(np.ceil((y + h - oy) / c - 0.5))
+        j0 = np.ceil((x - ox) / c - 0.5).astype(np.int64)
+        j1 = np.ceil((x + w - ox) / c - 0.5).astype(np.int64)
+        i0 = np.ceil((y - oy) / c - 0.5).astype(np.int64)
+        i1 = np.ceil((y + h - oy) / c - 0.5).astype(np.int64)
         H, W = self.shape_hw
-        return max(i0, 0), min(max(i1, i0 + 1), H), max(j0, 0), min(max(j1, j0 + 1), W)
+        return np.stack(
+            [
+                np.maximum(i0, 0),
+                np.minimum(np.maximum(i1, i0 + 1), H),
+                np.maximum(j0, 0),
+                np.minimum(np.maximum(j1, j0 + 1), W),
+            ],
+            axis=1,
+        )
 
     def cell_centres_l0(self) -> tuple[np.ndarray, np.ndarray]:
         """Level-0 (y, x) of every cell centre, each of shape ``shape_hw``."""
@@ -75,8 +89,7 @@ def stitch_values(
     c = values.shape[1]
     total = np.zeros((c, *grid.shape_hw), dtype=np.float64)
     count = np.zeros(grid.shape_hw, dtype=np.int32)
-    for box, value in zip(boxes_l0, values):
-        i0, i1, j0, j1 = grid.cell_ranges(box)
+    for (i0, i1, j0, j1), value in zip(grid.cell_ranges_of(boxes_l0), values):
         total[:, i0:i1, j0:j1] += value[:, None, None]
         count[i0:i1, j0:j1] += 1
     maps = np.where(count > 0, total / np.maximum(count, 1), 0.0).astype(np.float32)
@@ -86,21 +99,46 @@ def stitch_values(
 def stitch_maps(grid: Grid, boxes_l0: np.ndarray, tile_maps) -> np.ndarray:
     """Average per-tile 2-D maps (n, h, w) over the grid, each resized to the cells its tile covers.
 
-    Resizing averages over areas (PIL box filter). Cells no tile covers are 0.
+    Resizing averages over areas (PIL's box filter, as weight matrices: the maps of tiles that
+    cover the same number of cells are resized together). Cells no tile covers are 0.
     """
-    from PIL import Image
-
+    tile_maps = np.asarray(tile_maps, dtype=np.float64)
+    ranges = grid.cell_ranges_of(boxes_l0)
     total = np.zeros(grid.shape_hw, dtype=np.float64)
     count = np.zeros(grid.shape_hw, dtype=np.int32)
-    for box, tile_map in zip(boxes_l0, tile_maps):
-        i0, i1, j0, j1 = grid.cell_ranges(box)
-        if i1 <= i0 or j1 <= j0:
+    sizes = np.stack([ranges[:, 1] - ranges[:, 0], ranges[:, 3] - ranges[:, 2]], axis=1)
+    for size in np.unique(sizes, axis=0):
+        rows, cols = (int(v) for v in size)
+        if rows <= 0 or cols <= 0:
             continue
-        image = Image.fromarray(np.asarray(tile_map, dtype=np.float32), mode="F")
-        resized = np.asarray(image.resize((j1 - j0, i1 - i0), Image.Resampling.BOX))
-        total[i0:i1, j0:j1] += resized
-        count[i0:i1, j0:j1] += 1
+        members = np.flatnonzero((sizes == size).all(axis=1))
+        resized = (
+            _box_weights(tile_maps.shape[1], rows)
+            @ tile_maps[members]
+            @ _box_weights(tile_maps.shape[2], cols).T
+        )
+        for (i0, i1, j0, j1), values in zip(ranges[members], resized):
+            total[i0:i1, j0:j1] += values
+            count[i0:i1, j0:j1] += 1
     return np.where(count > 0, total / np.maximum(count, 1), 0.0).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=64)
+def _box_weights(source: int, target: int) -> np.ndarray:
+    """(target, source): PIL's box-filter resize of ``source`` values to ``target``, as a matrix
+    (resizing is linear, so column k is the resize of the k-th unit vector)."""
+    from PIL import Image
+
+    units = np.eye(source, dtype=np.float32)
+    return np.stack(
+        [
+            np.asarray(
+                Image.fromarray(unit[None], mode="F").resize((target, 1), Image.Resampling.BOX)
+            )[0]
+            for unit in units
+        ],
+        axis=1,
+    ).astype(np.float64)
 
 
 def cells_inside(grid: Grid, geometries) -> np.ndarray:

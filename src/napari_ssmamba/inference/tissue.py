@@ -11,6 +11,7 @@ smaller than that are filled. Pen marks are not treated specially.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,8 +38,7 @@ class TissueMask:
         if len(boxes_l0) == 0:
             return np.zeros(0, dtype=np.float32)
         h, w = self.mask.shape
-        integral = np.zeros((h + 1, w + 1), dtype=np.int64)
-        integral[1:, 1:] = np.cumsum(np.cumsum(self.mask, axis=0), axis=1)
+        integral = self._integral
         dy, dx = self.downsample_yx
         x0 = np.clip(np.floor(boxes_l0[:, 0] / dx), 0, w).astype(np.int64)
         y0 = np.clip(np.floor(boxes_l0[:, 1] / dy), 0, h).astype(np.int64)
@@ -49,6 +49,14 @@ class TissueMask:
         cells_x = np.ceil((boxes_l0[:, 0] + boxes_l0[:, 2]) / dx) - np.floor(boxes_l0[:, 0] / dx)
         cells_y = np.ceil((boxes_l0[:, 1] + boxes_l0[:, 3]) / dy) - np.floor(boxes_l0[:, 1] / dy)
         return np.clip(tissue / np.maximum(cells_x * cells_y, 1), 0.0, 1.0).astype(np.float32)
+
+    @functools.cached_property
+    def _integral(self) -> np.ndarray:
+        """Tissue cells above and left of each corner: summed once per mask, not per call."""
+        h, w = self.mask.shape
+        integral = np.zeros((h + 1, w + 1), dtype=np.int64)
+        integral[1:, 1:] = np.cumsum(np.cumsum(self.mask, axis=0), axis=1)
+        return integral
 
 
 def stain_score(rgb: np.ndarray) -> np.ndarray:
