@@ -27,10 +27,16 @@ def test_whole_tissue_result(whole_tissue):
     assert r.attention is not None and r.attention.shape[0] >= r.labels.shape[0]
 
 
-@pytest.mark.parametrize("stride", [None, 32])  # tiles meeting edge to edge, and overlapping
+# tiles of 256 level-0 px meeting edge to edge; overlapping by half (cut into stride cells);
+# overlapping by a quarter (192 does not divide 256: united as they are)
+@pytest.mark.parametrize("stride", [None, 32, 48])
 def test_whole_tissue_region_is_the_union_of_its_tiles(sample_slide, small_model, stride):
+    import dataclasses
+
     model, card = small_model
+    card = dataclasses.replace(card, mpp=4 * sample_slide.mpp[0])  # 64 px -> 256 level-0 px
     r = classify_slide(sample_slide, model, card, device="cpu", attention=False, stride=stride)
+    assert r.parameters["tile_l0"] == 256
     x, y, w, h = r.tile_boxes_l0.T
     union = shapely.union_all(shapely.box(x, y, x + w, y + h))
     geometry = r.rois[0].geometry

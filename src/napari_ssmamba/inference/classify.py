@@ -220,9 +220,7 @@ def classify_slide(
     if whole_tissue:
         roi_results = [
             RoiResult.from_tiles(
-                _union_of_boxes(
-                    new_tiles[0].boxes_l0, overlapping=geometry.stride_l0 < geometry.tile_l0
-                ),
+                _union_of_tiles(new_tiles[0].boxes_l0, geometry),
                 new_tiles[0],
                 card.class_names,
             )
@@ -284,15 +282,27 @@ def _split_by_roi(plan, predictions) -> list[RoiTiles]:
     return out
 
 
-def _union_of_boxes(boxes_l0: np.ndarray, overlapping: bool = True):
+def _union_of_tiles(boxes_l0: np.ndarray, geometry):
+    """The region the tiles cover. Where the stride divides the tile, each tile is cut into
+    stride cells: cells only meet edge to edge, and GEOS unites such a coverage some 20x faster
+    than overlapping boxes."""
     import shapely
 
     if len(boxes_l0) == 0:
         return shapely.Polygon()
     x0, y0 = boxes_l0[:, 0], boxes_l0[:, 1]
-    boxes = shapely.box(x0, y0, x0 + boxes_l0[:, 2], y0 + boxes_l0[:, 3])
-    # tiles that only share edges form a coverage, which GEOS unites some 20x faster
-    return shapely.union_all(boxes) if overlapping else shapely.coverage_union_all(boxes)
+    cell, (per_tile, rest) = geometry.stride_l0, divmod(geometry.tile_l0, geometry.stride_l0)
+    if rest:
+        return shapely.union_all(shapely.box(x0, y0, x0 + boxes_l0[:, 2], y0 + boxes_l0[:, 3]))
+    offsets = np.arange(per_tile) * cell
+    cells = np.stack(
+        np.broadcast_arrays(
+            x0[:, None, None] + offsets[None, None, :], y0[:, None, None] + offsets[None, :, None]
+        ),
+        axis=-1,
+    ).reshape(-1, 2)
+    cx, cy = np.unique(cells, axis=0).T
+    return shapely.coverage_union_all(shapely.box(cx, cy, cx + cell, cy + cell))
 
 
 def _assemble(
