@@ -233,10 +233,7 @@ def warm_up_model(
     torch_device = resolve_device(device)
     classify = TileClassifier(model, card, torch_device, attention)
     batch_size = int(batch_size or default_batch_size(torch_device))
-    classify.prepare(
-        schedule_buckets(batch_size, CUDA_FIRST_BATCH, CUDA_BATCH_GROWTH),
-        (card.tile_size, card.tile_size),
-    )
+    classify.prepare(_run_buckets(batch_size), (card.tile_size, card.tile_size))
 
 
 def run_batches(classify: Callable, tiles, batch_size: int):
@@ -307,6 +304,11 @@ def schedule_buckets(batch_size: int, first: int | None = None, growth: float = 
         if bucket_size(size) in buckets:
             return buckets
         buckets.append(bucket_size(size))
+
+
+def _run_buckets(batch_size: int) -> list[int]:
+    """The buckets a CUDA run with ``batch_size`` captures (and :func:`warm_up_model` ahead of it)."""
+    return schedule_buckets(batch_size, CUDA_FIRST_BATCH, CUDA_BATCH_GROWTH)
 
 
 def _schedule(batch_size: int, first: int | None, growth: float):
@@ -506,7 +508,7 @@ def predict_tiles(
         n, batch_size, CUDA_FIRST_BATCH if on_cuda else None, CUDA_BATCH_GROWTH if on_cuda else 2.0
     )
     tile_hw = (card.tile_size, card.tile_size)
-    buckets = schedule_buckets(batch_size, CUDA_FIRST_BATCH, CUDA_BATCH_GROWTH)
+    buckets = _run_buckets(batch_size)
     if on_cuda and cuda_graphs:
         # every batch runs in a graph of the schedule's buckets or one captured before: a run
         # captures at most those (once per model and process; warm_up_model does it ahead), a
