@@ -202,7 +202,7 @@ class ClassifyWidget(QWidget):
         from napari_ssmamba.gui._workers import start_job
 
         slide, checkpoint, device = self._choice()
-        self._warmed.add((str(slide.path), str(checkpoint), device))
+        self._warmed.add(_choice_key(slide, checkpoint, device))
         self._set_running(True)
         self.status_label.setText("Classifying…")
         self._worker, self._cancel = start_job(
@@ -261,7 +261,7 @@ class ClassifyWidget(QWidget):
         slide, checkpoint, device = self._choice()
         if slide is None or self._warming is not None or self._worker is not None:
             return
-        key = (str(slide.path), str(checkpoint), device)
+        key = _choice_key(slide, checkpoint, device)
         if key in self._warmed:
             return
         self._warmed.add(key)
@@ -494,6 +494,11 @@ class ClassifyWidget(QWidget):
         layer = self._attention_layer()
         if layer is not None:
             layer.opacity = value / 100
+
+
+def _choice_key(slide, checkpoint, device: str) -> tuple[str, str, str]:
+    """What a warm-up or a run prepared: once per slide, model and device."""
+    return str(slide.path), str(checkpoint), device
 
 
 def _set_items(combo: QComboBox, items: list[str]) -> None:
