@@ -17,6 +17,21 @@ from napari_ssmamba.inference.predict import (
 )
 
 
+def test_walk_model_finds_every_parameter_and_buffer_and_training(small_model):
+    model, _ = small_model
+    shared = torch.nn.Linear(2, 2)
+    wrapper = torch.nn.ModuleDict({"model": model, "a": shared, "b": shared}).eval()
+    wrapper.register_buffer("scale", torch.ones(1))
+    tensors, training = graphs.walk_model(wrapper)
+    assert not training
+    expected = [*wrapper.parameters(), *wrapper.buffers()]  # shared ones once
+    assert {id(t) for t in tensors} == {id(t) for t in expected}
+    assert len(tensors) == len(expected) + 2  # the shared Linear's weight and bias, twice
+    shared.train()
+    assert graphs.walk_model(wrapper)[1]
+    shared.eval()
+
+
 def test_bucket_sizes():
     assert [bucket_size(n) for n in (1, 2, 3, 5, 17, 32)] == [1, 2, 4, 8, 32, 32]
     assert [bucket_size(n) for n in (33, 64, 65, 132, 256)] == [64, 64, 96, 160, 256]
