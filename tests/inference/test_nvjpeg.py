@@ -80,3 +80,21 @@ def test_a_stream_of_another_size_is_refused_before_anything_is_written():
     assert int(out.sum()) == 0
     with pytest.raises(ValueError, match="uint8"):
         decoder.decode_into(streams, out[:2].float(), torch.cuda.current_stream())
+
+
+@pytest.mark.gpu
+def test_streams_checked_ahead_decode_alike_and_are_checked_again_for_another_size():
+    import torch
+
+    decoder = nvjpeg.decoder_for("cuda")
+    streams, _ = jpeg_streams(5, 96, 160, seed=3)
+    checked = decoder.check(streams, 96, 160)  # what a batch's planner does
+    outs = [torch.zeros((5, 96, 160, 3), dtype=torch.uint8, device="cuda") for _ in range(2)]
+    decoder.decode_into(streams, outs[0], torch.cuda.current_stream())
+    decoder.decode_into(checked, outs[1], torch.cuda.current_stream())
+    torch.cuda.synchronize()
+    assert int(outs[0].sum()) > 0 and torch.equal(outs[0], outs[1])
+    smaller = torch.zeros((5, 64, 64, 3), dtype=torch.uint8, device="cuda")
+    with pytest.raises(ValueError, match="stream 0 is 3 components of 96 x 160 px"):
+        decoder.decode_into(checked, smaller, torch.cuda.current_stream())
+    assert int(smaller.sum()) == 0

@@ -123,8 +123,10 @@ class PlannedReader:
             raise ValueError("slide.tif: JPEG tile 7 is 3 components of 64 x 64 px (simulated)")
         return boxes
 
-    def make(self, boxes):
+    def make(self, boxes, decoding=None):
         self.threads["make"].add(threading.current_thread().name)
+        if decoding is not None:
+            decoding()
         return torch.from_numpy(np.stack([_reader(box) for box in boxes]))
 
 
@@ -150,6 +152,52 @@ def test_batches_are_planned_and_made_on_two_threads(small_model):
     assert (planners | makers) <= _pipeline_threads()
     assert not planners & makers
     np.testing.assert_allclose(batched.probabilities, boxwise.probabilities, atol=1e-6)
+
+
+class NotedDecode(PlannedReader):
+    """Notes, in order, each plan, each decode's start and the model's set-up, with its thread."""
+
+    def __init__(self):
+        super().__init__()
+        self.events = []
+
+    def plan(self, boxes):
+        self.events.append(("plan", threading.current_thread().name))
+        return super().plan(boxes)
+
+    def make(self, boxes, decoding=None):
+        def noted():
+            self.events.append(("decode", threading.current_thread().name))
+            decoding()
+            time.sleep(0.2)  # the decode's time: the model is set up meanwhile
+
+        return super().make(boxes, noted if decoding is not None else None)
+
+
+def test_the_model_is_set_up_while_the_first_batch_decodes(small_model, monkeypatch):
+    # the first batch is planned, and its decode started, by the caller before any other thread
+    # runs Python; the model is then set up on the planner thread, before the next plans
+    from napari_ssmamba.inference import predict
+
+    model, card = small_model
+    reader = NotedDecode()
+    set_up = predict.TileClassifier.__init__
+
+    def noted_set_up(self, *args, **kwargs):
+        reader.events.append(("set up", threading.current_thread().name))
+        set_up(self, *args, **kwargs)
+
+    monkeypatch.setattr(predict.TileClassifier, "__init__", noted_set_up)
+    out = predict_tiles(
+        reader, BOXES, model, card, device="cpu", batch_size=3, attention=False, batched=True
+    )
+    assert out.probabilities.shape == (10, 3)
+    caller = threading.current_thread().name
+    steps = [step for step, _ in reader.events]
+    assert steps == ["plan", "decode", "set up", "plan", "plan", "plan"]
+    threads = [thread for _, thread in reader.events]
+    assert threads[:2] == [caller, caller]
+    assert threads[2] != caller and set(threads[2:]) == {threads[2]}
 
 
 @pytest.fixture
@@ -207,10 +255,10 @@ def test_a_model_that_cannot_be_set_up_leaves_no_reader_running(small_model, bat
 class SlowFirstBatch(PlannedReader):
     """Makes its first batch slowly, so that every run's planner is started before any batcher."""
 
-    def make(self, boxes):
+    def make(self, boxes, decoding=None):
         if not self.threads["make"]:
             time.sleep(0.5)
-        return super().make(boxes)
+        return super().make(boxes, decoding)
 
 
 def test_more_runs_at_once_than_shared_threads_all_finish(small_model):

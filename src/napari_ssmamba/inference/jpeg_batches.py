@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from napari_ssmamba.errors import BackendUnavailableError
+from napari_ssmamba.inference.nvjpeg import CheckedStreams
 
 logger = logging.getLogger(__name__)
 
@@ -43,27 +44,32 @@ GATHERS = ("auto", "triton", "torch")
 DECODER_THREADS = min(16, os.cpu_count() or 1)
 
 
-def nvjpeg_decoder(colorspace: str, device) -> Callable:
-    """A function ``decode(streams, out)`` decoding JPEG streams into ``out``, an (n, h, w, 3) uint8
-    tensor on ``device``, with nvJPEG (:mod:`~napari_ssmamba.inference.nvjpeg`) on the current
-    CUDA stream, without waiting for it.
+class NvJpegDecode:
+    """``decode(streams, out)``: JPEG streams decoded into ``out``, an (n, h, w, 3) uint8 tensor
+    on ``device``, with nvJPEG (:mod:`~napari_ssmamba.inference.nvjpeg`) on the current CUDA
+    stream, without waiting for it. ``check(streams, (h, w))`` checks their headers ahead, when
+    the batch is planned, so that the decode does not.
 
     Raises ValueError for RGB-coded streams (as in Aperio SVS): nvJPEG converts every
     three-component JPEG from YCbCr, also with an Adobe RGB marker or unchanged output (both
     tried on the H100: 50 levels off). Raises BackendUnavailableError when libnvjpeg is missing.
     """
-    if colorspace != "YCbCr":
-        raise ValueError("nvJPEG decodes YCbCr JPEG tiles only; these hold R, G, B components")
-    import torch
 
-    from napari_ssmamba.inference.nvjpeg import decoder_for
+    def __init__(self, colorspace: str, device):
+        if colorspace != "YCbCr":
+            raise ValueError("nvJPEG decodes YCbCr JPEG tiles only; these hold R, G, B components")
+        from napari_ssmamba.inference.nvjpeg import decoder_for
 
-    decoder = decoder_for(device)
+        self._decoder = decoder_for(device)
 
-    def decode(streams: list[bytes], out) -> None:
-        decoder.decode_into(streams, out, torch.cuda.current_stream(out.device))
+    def check(self, streams: list[bytes], tile_hw: tuple[int, int]):
+        return self._decoder.check(streams, *tile_hw)
 
-    return decode
+    def __call__(self, streams, out, starting: Callable[[], None] | None = None) -> None:
+        """Decode; ``starting()``, if given, just before nvJPEG's call holds this thread."""
+        import torch
+
+        self._decoder.decode_into(streams, out, torch.cuda.current_stream(out.device), starting)
 
 
 @functools.cache
@@ -172,7 +178,7 @@ class JpegBatchReader:
     """Batches of model tiles (uint8, (b, tile, tile, 3), on ``device``) for level-0 boxes.
 
     ``decode(streams, out)`` decodes a list of JPEG streams into ``out``, an (n, h, w, 3) uint8
-    tensor on ``device``: "nvjpeg" (:func:`nvjpeg_decoder`, the default), "libjpeg"
+    tensor on ``device``: "nvjpeg" (:class:`NvJpegDecode`, the default), "libjpeg"
     (:func:`libjpeg_decoder`) or a function. On CUDA the work is enqueued on the current stream and
     the batch is ready when that stream is. The model tiles are then gathered from the decoded
     tiles by one Triton kernel on CUDA (:mod:`~napari_ssmamba.inference.triton_gather`), else
@@ -198,7 +204,7 @@ class JpegBatchReader:
         #: the decoder's name, for run records
         self.decoder = decode if isinstance(decode, str) else "custom"
         if decode == "nvjpeg":
-            decode = nvjpeg_decoder(self.jpeg.colorspace, self.device)
+            decode = NvJpegDecode(self.jpeg.colorspace, self.device)
         elif decode == "libjpeg":
             decode = libjpeg_decoder(self.jpeg.colorspace)
         elif isinstance(decode, str):
@@ -277,6 +283,11 @@ class JpegBatchReader:
         sorter = np.argsort(previous)
         kept_from = sorter[np.searchsorted(previous, kept, sorter=sorter)]
         streams = [self.jpeg.stream(*divmod(int(k), grid_w)) for k in missing]
+        if isinstance(self.decode, NvJpegDecode):
+            try:
+                streams = self.decode.check(streams, self.jpeg.tile_hw)
+            except ValueError as error:
+                raise self._undecodable(error) from error
         self._planned_keys = order
 
         # slot of each (grid row, grid col): its place in the decoded buffer; grid row (col)
@@ -309,9 +320,14 @@ class JpegBatchReader:
             streams, len(kept_from), indices, int(starts[1]), int(starts[2]), len(boxes), out_size
         )
 
-    def make(self, plan: _BatchPlan):
+    def make(self, plan: _BatchPlan, decoding: Callable[[], None] | None = None):
         """The device half of a batch: decode, gather and resample its tiles (on CUDA, enqueued on
-        the current stream)."""
+        the current stream).
+
+        ``decoding()``, if given, is called as the decode starts: the decode holds this thread
+        (nvJPEG's call returns when its tiles are nearly done) but not the interpreter, so other
+        threads can then run without slowing this batch down.
+        """
         import torch
         import torch.nn.functional as F
 
@@ -328,12 +344,11 @@ class JpegBatchReader:
             decoded[missing:count] = self._decoded[indices[: plan.kept]]
         if missing:
             try:
-                self.decode(plan.streams, decoded[:missing])
+                self._decode(plan.streams, decoded[:missing], decoding)
             except ValueError as error:
-                raise ValueError(
-                    f"{self.slide.path}: cannot decode the JPEG tiles of level "
-                    f"{self.geometry.level} as {tile_h} x {tile_w} RGB: {error}"
-                ) from error
+                raise self._undecodable(error) from error
+        elif decoding is not None:
+            decoding()
         self._decoded = decoded
         slot_size, axes_size = (grid_h + 2) * (grid_w + 2), 4 * plan.boxes * plan.out_size
         slot = indices[plan.slot_start : plan.slot_start + slot_size].view(grid_h + 2, grid_w + 2)
@@ -350,6 +365,23 @@ class JpegBatchReader:
             )
             tiles = tiles.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
         return tiles.contiguous()
+
+    def _decode(self, streams, out, decoding: Callable[[], None] | None) -> None:
+        """``self.decode(streams, out)``, calling ``decoding()`` as late as the decoder allows:
+        nvJPEG's right before its call, which holds this thread."""
+        if isinstance(self.decode, NvJpegDecode):
+            self.decode(streams, out, decoding)
+            return
+        if decoding is not None:
+            decoding()
+        self.decode(streams, out)
+
+    def _undecodable(self, error: ValueError) -> ValueError:
+        tile_h, tile_w = self.jpeg.tile_hw
+        return ValueError(
+            f"{self.slide.path}: cannot decode the JPEG tiles of level {self.geometry.level} as "
+            f"{tile_h} x {tile_w} RGB: {error}"
+        )
 
 
 def gather_with_torch(decoded, slot, axes):
@@ -386,7 +418,8 @@ def _gatherer(gather: str, device) -> Callable:
 class _BatchPlan:
     """What :meth:`JpegBatchReader.make` needs for one batch: JPEG bytes and one int32 array."""
 
-    streams: list[bytes]  # JPEG tiles to decode, in the decoded buffer's order
+    # JPEG tiles to decode, in the decoded buffer's order: for nvJPEG, checked ahead (CheckedStreams)
+    streams: list[bytes] | CheckedStreams
     kept: int  # tiles kept from the last buffer, placed after the decoded ones
     # int32: the places of the kept tiles in the last buffer (kept), the slot table
     # ((grid_h + 2) * (grid_w + 2)) from slot_start and the axes (4 * boxes * out_size) from

@@ -22,6 +22,10 @@ import glob
 import os
 import sys
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
 
 from napari_ssmamba.errors import BackendUnavailableError
 
@@ -50,6 +54,22 @@ class _Image(ctypes.Structure):  # nvjpegImage_t
         ("channel", ctypes.c_void_p * _MAX_COMPONENT),
         ("pitch", ctypes.c_size_t * _MAX_COMPONENT),
     ]
+
+
+@dataclass(frozen=True)
+class CheckedStreams:
+    """JPEG streams checked by :meth:`BatchedJpegDecoder.check`: each a three-component image of
+    ``height`` x ``width`` that the decoder's backend decodes, with the arrays nvJPEG reads."""
+
+    streams: list[bytes]
+    height: int
+    width: int
+    backend: str
+    data: ctypes.Array
+    lengths: ctypes.Array
+
+    def __len__(self) -> int:
+        return len(self.streams)
 
 
 class NvJpegError(RuntimeError):
@@ -179,12 +199,42 @@ class BatchedJpegDecoder:
         )
         return components.value, subsampling.value, heights[0], widths[0]
 
-    def decode_into(self, streams: list[bytes], out, stream) -> None:
+    def check(self, streams: list[bytes], height: int, width: int) -> CheckedStreams:
+        """``streams`` checked to be three-component JPEG images of exactly ``height`` x ``width``
+        px that this decoder's backend decodes (ValueError if not): nvJPEG writes where it is
+        told. Checking is host work, which a batch's planner can do before the decode."""
+        for index, data in enumerate(streams):
+            components, subsampling, h, w = self.image_info(data)
+            if (components, h, w) != (3, height, width) or (
+                self.backend == "hardware" and subsampling not in _HARDWARE_SUBSAMPLINGS
+            ):
+                raise ValueError(
+                    f"JPEG stream {index} is {components} components of {h} x {w} px (subsampling "
+                    f"code {subsampling}); this decoder takes 3 components of {height} x {width}"
+                )
+        n = len(streams)
+        return CheckedStreams(
+            streams,
+            height,
+            width,
+            self.backend,
+            (ctypes.c_char_p * n)(*streams),
+            (ctypes.c_size_t * n)(*map(len, streams)),
+        )
+
+    def decode_into(
+        self,
+        streams: list[bytes] | CheckedStreams,
+        out,
+        stream,
+        starting: Callable[[], None] | None = None,
+    ) -> None:
         """Enqueue the decode of ``streams`` into ``out`` ((n, h, w, 3) uint8 on the device) on
         ``stream`` (a ``torch.cuda.Stream``) and return; ``out`` is ready when ``stream`` is.
 
-        Every stream must be a three-component JPEG of exactly h x w pixels (ValueError if not):
-        nvJPEG writes where it is told.
+        Streams are checked (:meth:`check`) unless they come checked for ``out``'s size.
+        ``starting()``, if given, is called just before nvJPEG's call, which holds this thread
+        until the tiles are nearly decoded but lets go of the interpreter.
         """
         import torch
 
@@ -198,22 +248,16 @@ class BatchedJpegDecoder:
         if n == 0:
             return
         height, width = out.shape[1:3]
-        for index, data in enumerate(streams):
-            components, subsampling, h, w = self.image_info(data)
-            if (components, h, w) != (3, height, width) or (
-                self.backend == "hardware" and subsampling not in _HARDWARE_SUBSAMPLINGS
-            ):
-                raise ValueError(
-                    f"JPEG stream {index} is {components} components of {h} x {w} px (subsampling "
-                    f"code {subsampling}); this decoder takes 3 components of {height} x {width}"
-                )
-        data = (ctypes.c_char_p * n)(*streams)
-        lengths = (ctypes.c_size_t * n)(*map(len, streams))
+        fits = isinstance(streams, CheckedStreams) and (
+            (streams.height, streams.width, streams.backend) == (height, width, self.backend)
+        )
+        if not fits:
+            streams = self.check(list(getattr(streams, "streams", streams)), height, width)
         images = (_Image * n)()
-        base, image_bytes = out.data_ptr(), height * width * 3
-        for index in range(n):
-            images[index].channel[0] = base + index * image_bytes
-            images[index].pitch[0] = width * 3
+        # per image: its first channel's pointer and pitch (two uint64 of _Image's eight)
+        fields = np.frombuffer(images, dtype=np.uint64).reshape(n, 2 * _MAX_COMPONENT)
+        fields[:, 0] = out.data_ptr() + np.arange(n, dtype=np.uint64) * (height * width * 3)
+        fields[:, _MAX_COMPONENT] = width * 3
         with self._lock, torch.cuda.device(self.device):
             if self._in_flight is not None:
                 self._in_flight[0].synchronize()  # nvJPEG's state is not ours until then
@@ -231,15 +275,22 @@ class BatchedJpegDecoder:
                     "nvjpegDecodeBatchedInitialize",
                 )
                 self._batch_size = n
+            if starting is not None:
+                starting()
             _check(
                 self._lib.nvjpegDecodeBatched(
-                    self._handle, self._state, data, lengths, images, stream.cuda_stream
+                    self._handle,
+                    self._state,
+                    streams.data,
+                    streams.lengths,
+                    images,
+                    stream.cuda_stream,
                 ),
                 "nvjpegDecodeBatched",
             )
             done = torch.cuda.Event()
             done.record(stream)
-            self._in_flight = (done, (streams, data, lengths, images))
+            self._in_flight = (done, (streams, images))
 
 
 def decoder_for(device) -> BatchedJpegDecoder:

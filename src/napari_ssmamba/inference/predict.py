@@ -17,6 +17,7 @@ captures again (:func:`warm_up_model` captures them before the first). A
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import itertools
 import logging
@@ -343,12 +344,15 @@ class _BatchReader:
     batches are planned on the host (``read_tile.plan``) by one thread while another makes the
     previous plan's batch on the CUDA device (``read_tile.make``), on a stream of its own: the
     host work of one batch overlaps the decoding of the last. The first batch is planned and
-    made in the caller's thread, before anything else competes for the interpreter (only the
-    planner, which runs while the first batch decodes); the caller then sets up the model while
-    the next batches are made.
+    made in the caller's thread before anything else competes for the interpreter. The planner
+    thread starts when that batch's decode does, which holds the caller but leaves the
+    interpreter free: it first runs ``set_up()`` (its result or error in :attr:`set_up`; the
+    caller sets the model up there, in the decode's time), then plans the next batches.
     """
 
-    def __init__(self, read_tile, boxes_l0, sizes, num_readers, pin, device, batched, depth=2):
+    def __init__(
+        self, read_tile, boxes_l0, sizes, num_readers, pin, device, batched, depth=2, set_up=None
+    ):
         self._read_tile, self._pin, self._batched = read_tile, pin, batched
         self._stream = _reader_stream(device) if batched and device.type == "cuda" else None
         self._pool = (
@@ -359,6 +363,8 @@ class _BatchReader:
         self._plans = queue.Queue(maxsize=depth)
         self._queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
+        #: ``set_up()``'s result, once the planner thread has run it
+        self.set_up = concurrent.futures.Future()
         starts = np.cumsum([0, *sizes])
         batches = [boxes_l0[a:b] for a, b in itertools.pairwise(starts)]
         first = self._plan(batches[0])
@@ -368,9 +374,17 @@ class _BatchReader:
             if self._shared
             else ThreadPoolExecutor(max_workers=2, thread_name_prefix="tile-pipeline-own")
         )
-        self._tasks = [self._threads.submit(self._plan_all, batches[1:])]
-        try:  # the next plans are made while the first batch decodes
-            self._queue.put(self._make_batch(first))
+        self._tasks = []
+
+        def start_planner():
+            if not self._tasks:
+                self._tasks.append(self._threads.submit(self._plan_all, batches[1:], set_up))
+
+        try:
+            if not batched:  # box by box: the reader threads let go of the interpreter at once
+                start_planner()
+            self._queue.put(self._make_batch(first, start_planner))
+            start_planner()
         except BaseException:
             self.close()
             raise
@@ -396,7 +410,12 @@ class _BatchReader:
     def _plan(self, boxes):
         return self._read_tile.plan(boxes) if self._batched else boxes
 
-    def _plan_all(self, batches) -> None:
+    def _plan_all(self, batches, set_up) -> None:
+        try:
+            self.set_up.set_result(set_up() if set_up is not None else None)
+        except BaseException as error:  # noqa: BLE001 (handed on to the caller, which raises it)
+            self.set_up.set_exception(error)
+            return
         try:
             for boxes in batches:
                 if not self._put(self._plans, self._plan(boxes)):
@@ -405,17 +424,17 @@ class _BatchReader:
         except BaseException as error:  # noqa: BLE001 (handed on to the consumer, which raises it)
             self._put(self._plans, error)
 
-    def _make_batch(self, plan):
+    def _make_batch(self, plan, decoding=None):
         import torch
 
         if self._stream is not None:
             with torch.cuda.stream(self._stream):
-                batch = self._read_tile.make(plan)
+                batch = self._read_tile.make(plan, decoding)
                 ready = torch.cuda.Event()
                 ready.record(self._stream)
             return batch, ready
         if self._batched:
-            return self._read_tile.make(plan), None
+            return self._read_tile.make(plan, decoding), None
         tiles = list(self._pool.map(self._read_tile, plan))
         batch = torch.empty((len(tiles), *tiles[0].shape), dtype=torch.uint8, pin_memory=self._pin)
         np.stack(tiles, out=batch.numpy())
@@ -515,7 +534,14 @@ def predict_tiles(
         # batch of another size (the last) runs padded
         captured = captured_buckets(model, graph_settings(torch_device, attention, card), tile_hw)
         sizes = fit_to_buckets(sizes, {*captured, *buckets})
-    reader = _BatchReader(  # makes the first batch, then the next ones while the model is set up
+
+    def set_up() -> TileClassifier:  # on the planner thread, while the first batch decodes
+        with torch.cuda.device(torch_device) if on_cuda else contextlib.nullcontext():
+            classify = TileClassifier(model, card, torch_device, attention, cuda_graphs)
+            classify.prepare(buckets, tile_hw)
+        return classify
+
+    reader = _BatchReader(  # makes the first batch, then the next ones
         read_tile,
         boxes_l0,
         sizes,
@@ -523,13 +549,13 @@ def predict_tiles(
         pin=on_cuda,
         device=torch_device,
         batched=batched,
+        set_up=set_up,
     )
     probs, maps = [], []
     done = 0
     progress(0, n, "Classifying tiles")
     try:
-        classify = TileClassifier(model, card, torch_device, attention, cuda_graphs)
-        classify.prepare(buckets, tile_hw)
+        classify = reader.set_up.result()
         for tiles in reader:
             if cancel is not None and cancel.is_set():
                 raise CancelledError("classification cancelled by the user")
