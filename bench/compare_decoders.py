@@ -1,17 +1,19 @@
 """The GPU pipeline with each way of decoding and batching, against the model alone, in one run.
 
     python bench/compare_decoders.py SLIDE [--arch ssmamba_tiny] [--first-batches 0,16,32,64]
-        [--growths 2] [--decoders nvjpeg,torchvision,libjpeg] [--gathers triton,torch]
-        [--out decoders.json]
+        [--growths 2] [--second-batches grown,first] [--decoders nvjpeg,torchvision,libjpeg]
+        [--gathers triton,torch] [--out decoders.json]
 
 For the whole tissue of SLIDE and for a 2 mm x 2 mm ROI on it, best of ``--repeats`` after a
 warm-up, batch size 256:
 
 - the model alone on the tiles already on the GPU (CUDA graphs, as the pipeline runs it), batched
-  as the pipeline batches them for each first-batch size (0: every batch full) and growth;
+  as the pipeline batches them for each first-batch size (0: every batch full) and growth, and
+  with ``--second-batches first`` also with a second batch as small as the first (unless it is
+  the last) instead of a grown one;
 - per decoder and way of gathering the model tiles from the decoded ones (``triton``: one
   kernel; ``torch``: torch indexing), the reader alone and ``predict_tiles`` with it (the
-  prediction phase of ``classify_slide``), for each first-batch size and growth:
+  prediction phase of ``classify_slide``), for each of those batchings:
 
   - ``nvjpeg``: the package's nvJPEG binding, enqueued on the reader's stream, into its buffer;
   - ``torchvision``: ``torchvision.io.decode_jpeg(device="cuda")`` (what the package used before):
@@ -43,6 +45,20 @@ def torchvision_decoder():
     return decode
 
 
+def second_batch_as_first(batch_sizes):
+    """``batch_sizes`` with a second batch as small as the first, unless it would be the last:
+    the reader then makes it while the model runs the first (the schedule ``--second-batch
+    first`` tries)."""
+
+    def sizes(n, batch_size, first=None, growth=2.0):
+        plain = batch_sizes(n, batch_size, first, growth)
+        if first is None or len(plain) <= 2:
+            return plain
+        return [plain[0], *batch_sizes(n - plain[0], batch_size, first, growth)]
+
+    return sizes
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("slide", type=Path)
@@ -52,6 +68,9 @@ def main() -> int:
     parser.add_argument("--growths", default="2", help="comma-separated batch growth factors")
     parser.add_argument("--decoders", default="nvjpeg,torchvision,libjpeg")
     parser.add_argument("--gathers", default="triton", help="comma-separated: triton, torch")
+    parser.add_argument(
+        "--second-batches", default="grown", help="comma-separated: grown (the package's), first"
+    )
     parser.add_argument("--roi-mm", type=float, default=2.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path)
@@ -72,7 +91,17 @@ def main() -> int:
     model, card = random_model(args.arch)
     firsts = [int(f) or None for f in args.first_batches.split(",")]
     growths = [float(g) for g in args.growths.split(",")]
-    batchings = [(f, g) for f in firsts for g in (growths if f else growths[:1])]
+    schedules = {"grown": batch_sizes, "first": second_batch_as_first(batch_sizes)}
+    batchings = [
+        (f, g, second)
+        for f in firsts
+        for g in (growths if f else growths[:1])
+        for second in (args.second_batches.split(",") if f else ["grown"])
+    ]
+
+    def name(first, growth, second):
+        return f"first{first or 0}_growth{growth:g}" + ("_second_first" * (second == "first"))
+
     out = {
         "benchmark": "compare_decoders",
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -96,8 +125,8 @@ def main() -> int:
         }
         gathers = args.gathers.split(",")
         decoders = {
-            f"{name}_{gather}" if len(gathers) > 1 else name: (decoders[name], gather)
-            for name in args.decoders.split(",")
+            f"{key}_{gather}" if len(gathers) > 1 else key: (decoders[key], gather)
+            for key in args.decoders.split(",")
             for gather in gathers
         }
         for case, result in reversed(cases.items()):  # the whole slide first
@@ -105,8 +134,8 @@ def main() -> int:
             tiles = JpegBatchReader(slide, geometry, device)(boxes)
             reference = JpegBatchReader(slide, geometry, device, gather="torch")
             seconds, differences = {}, {}
-            for first, growth in batchings:
-                sizes = batch_sizes(len(tiles), args.batch_size, first, growth)
+            for first, growth, second in batchings:
+                sizes = schedules[second](len(tiles), args.batch_size, first, growth)
                 classify = TileClassifier(model, card, device, attention=False)
                 classify.prepare(sizes, tuple(tiles.shape[1:3]))
 
@@ -116,22 +145,23 @@ def main() -> int:
                         classify(tiles[start : start + size])
                         start += size
 
-                seconds[f"model_only_first{first or 0}_growth{growth:g}"] = best(model_only)
-            for name, (decode, gather) in decoders.items():
+                seconds[f"model_only_{name(first, growth, second)}"] = best(model_only)
+            for decoder, (decode, gather) in decoders.items():
                 reader = JpegBatchReader(slide, geometry, device, decode=decode, gather=gather)
                 got = reader(boxes[:64]).cpu().numpy().astype(int)
                 want = reference(boxes[:64]).cpu().numpy().astype(int)
-                differences[f"{name}_vs_nvjpeg_torch_mean_abs"] = float(abs(got - want).mean())
+                differences[f"{decoder}_vs_nvjpeg_torch_mean_abs"] = float(abs(got - want).mean())
 
                 def read_all(reader=reader, boxes=boxes):
                     reader.reset()
                     for start in range(0, len(boxes), args.batch_size):
                         reader(boxes[start : start + args.batch_size])
 
-                seconds[f"{name}_reader_only"] = best(read_all)
-                for first, growth in batchings:
+                seconds[f"{decoder}_reader_only"] = best(read_all)
+                for first, growth, second in batchings:
                     predict.CUDA_FIRST_BATCH = first
                     predict.CUDA_BATCH_GROWTH = growth
+                    predict.batch_sizes = schedules[second]
 
                     def pipeline(reader=reader, boxes=boxes):
                         reader.reset()
@@ -146,7 +176,7 @@ def main() -> int:
                             batched=True,
                         )
 
-                    key = f"{name}_first{first or 0}_growth{growth:g}_pipeline"
+                    key = f"{decoder}_{name(first, growth, second)}_pipeline"
                     seconds[key] = best(pipeline)
             model_alone = min(v for k, v in seconds.items() if k.startswith("model_only"))
             out["cases"][case] = {

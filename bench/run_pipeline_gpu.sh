@@ -4,9 +4,9 @@
 # generated 30,000 x 24,000 slide the STEPS (default "pipeline decoders stages"; also
 # "profile", "first"): bench_pipeline, compare_decoders, pipeline_stages, profile_pipeline,
 # first_run. BASE, a copy of another tree (git archive REV src bench), also runs for an A/B in the
-# same call: its compare_decoders and its cold first_run session, as BASE_STEPS says (default
-# "decoders first"). Wheels the machine lacks travel in .whl-bench (see docs/benchmarks.md);
-# results go to $OUT, profiler traces as a tarball.
+# same call: its compare_decoders, its cold first_run session and its pipeline_stages, as
+# BASE_STEPS says (default "decoders first"). Wheels the machine lacks travel in .whl-bench (see
+# docs/benchmarks.md); results go to $OUT, profiler traces as a tarball.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-bench/out}
@@ -59,7 +59,11 @@ for arch in $ARCHS; do
   fi
   if [[ " $STEPS " == *" stages "* ]]; then
     timeout 100 python3 bench/pipeline_stages.py /tmp/slides/big.tif --arch $arch \
-      --out "$OUT/stages_$arch.json" 2>&1 | tail -40
+      --out "$OUT/stages_$arch.json" 2>&1 | grep -v -e '^ ' -e '^$'
+    if [ -n "$BASE" ] && [[ " $BASE_STEPS " == *" stages "* ]]; then
+      PYTHONPATH=$BASE/src:/tmp/site timeout 100 python3 "$BASE/bench/pipeline_stages.py" \
+        /tmp/slides/big.tif --arch $arch --out "$OUT/stages_base_$arch.json" 2>&1 | grep -v -e '^ ' -e '^$'
+    fi
   fi
   if [[ " $STEPS " == *" profile "* ]]; then
     timeout 120 python3 bench/profile_pipeline.py /tmp/slides/big.tif --arch $arch \
