@@ -47,7 +47,7 @@ def torchvision_decoder():
 
 def second_batch_as_first(batch_sizes):
     """``batch_sizes`` with a second batch as small as the first, unless it would be the last:
-    the reader then makes it while the model runs the first (the schedule ``--second-batch
+    the reader then makes it while the model runs the first (the schedule ``--second-batches
     first`` tries)."""
 
     def sizes(n, batch_size, first=None, growth=2.0):
