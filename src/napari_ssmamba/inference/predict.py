@@ -232,9 +232,19 @@ def warm_up_model(
     batch: move ``model`` there and, on CUDA, capture its graphs for :func:`schedule_buckets`
     (several seconds the first time: the scan kernels compile, cuDNN plans the convolutions)."""
     torch_device = resolve_device(device)
-    classify = TileClassifier(model, card, torch_device, attention)
     batch_size = int(batch_size or default_batch_size(torch_device))
-    classify.prepare(_run_buckets(batch_size), (card.tile_size, card.tile_size))
+    _set_up_classifier(model, card, torch_device, attention, True, _run_buckets(batch_size))
+
+
+def _set_up_classifier(model, card, device, attention: bool, cuda_graphs: bool, buckets):
+    """The :class:`TileClassifier` a run uses, its graphs for ``buckets`` captured, made with
+    ``device`` current (a run's set-up happens on its planner thread)."""
+    import torch
+
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+        classify = TileClassifier(model, card, device, attention, cuda_graphs)
+        classify.prepare(buckets, (card.tile_size, card.tile_size))
+    return classify
 
 
 def run_batches(classify: Callable, tiles, batch_size: int):
@@ -536,10 +546,7 @@ def predict_tiles(
         sizes = fit_to_buckets(sizes, {*captured, *buckets})
 
     def set_up() -> TileClassifier:  # on the planner thread, while the first batch decodes
-        with torch.cuda.device(torch_device) if on_cuda else contextlib.nullcontext():
-            classify = TileClassifier(model, card, torch_device, attention, cuda_graphs)
-            classify.prepare(buckets, tile_hw)
-        return classify
+        return _set_up_classifier(model, card, torch_device, attention, cuda_graphs, buckets)
 
     reader = _BatchReader(  # makes the first batch, then the next ones
         read_tile,
