@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from napari_ssmamba.errors import BackendUnavailableError
-from napari_ssmamba.inference.nvjpeg import CheckedStreams
+from napari_ssmamba.inference.nvjpeg import CheckedStreams, decoder_for
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +58,6 @@ class NvJpegDecode:
     def __init__(self, colorspace: str, device):
         if colorspace != "YCbCr":
             raise ValueError("nvJPEG decodes YCbCr JPEG tiles only; these hold R, G, B components")
-        from napari_ssmamba.inference.nvjpeg import decoder_for
-
         self._decoder = decoder_for(device)
 
     def check(self, streams: list[bytes], tile_hw: tuple[int, int]):
