@@ -2,12 +2,15 @@
 
 Tissue is mirror-tiled native pixels of the bundled CMU-1-Small-Region.svs (no resampling, so the
 level-0 JPEG entropy is that of a real scan), shown inside a few irregular "sections"; everywhere
-else is scanner-like background (RGB ~240 +/- 3). Level 0 is rendered and written tile by tile;
-level 1 is accumulated on disk (a memory map beside the output) by 2x2 area means, the smaller
-levels from level 1, so memory stays well under 2 GB whatever the size. JPEG quality 80, YCbCr
-4:2:0, 512 px tiles, resolution in pixels/cm: OpenSlide opens it as ``generic-tiff``.
+else is scanner-like background (RGB ~240 +/- 3). Level 0 is rendered row of tiles by row, by
+``--workers`` processes (default: one per core; the slide is the same whatever their number), and
+written tile by tile; level 1 is accumulated on disk (a memory map beside the output) by 2x2 area
+means, the smaller levels from level 1, so memory stays at about ``--workers`` + 2 rows of tiles
+(~115 MB each at 60,000 px wide) whatever the height. JPEG quality 80, YCbCr 4:2:0, 512 px tiles,
+resolution in pixels/cm: OpenSlide opens it as ``generic-tiff``.
 
 usage: python bench/make_big_slide.py [OUT] [--width 100000] [--height 80000] [--mpp 0.25]
+           [--workers N]
        SMALL=1 writes a 6,000 x 5,000 version for smoke tests.
 
 Adapted from ../shared/bench/make_big_slide.py: same section layout (so the tissue focus point
@@ -17,8 +20,11 @@ Adapted from ../shared/bench/make_big_slide.py: same section layout (so the tiss
 from __future__ import annotations
 
 import argparse
+import collections
+import multiprocessing
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -102,10 +108,74 @@ def tiles_of(a, background=240):
             yield t
 
 
-def make_big_slide(out: Path, width: int, height: int, mpp: float, n_levels: int = 6) -> None:
+#: what the worker processes render level 0 from, set before they are forked
+_SCENE: dict = {}
+
+
+def _alpha_tile(y0, x0):
+    alpha_lo = _SCENE["alpha_lo"]
+    ys = (np.arange(y0, y0 + TILE) + 0.5) / MASK_SCALE - 0.5
+    xs = (np.arange(x0, x0 + TILE) + 0.5) / MASK_SCALE - 0.5
+    iy = np.clip(np.floor(ys).astype(int), 0, alpha_lo.shape[0] - 2)
+    ix = np.clip(np.floor(xs).astype(int), 0, alpha_lo.shape[1] - 2)
+    fy = np.clip(ys - iy, 0, 1).astype(np.float32)[:, None]
+    fx = np.clip(xs - ix, 0, 1).astype(np.float32)[None, :]
+    rows = alpha_lo[iy] * (1 - fy) + alpha_lo[iy + 1] * fy
+    return rows[:, ix] * (1 - fx) + rows[:, ix + 1] * fx
+
+
+def _render_tile(y0, x0):
+    scene = _SCENE
+    alpha_lo, bg_tiles = scene["alpha_lo"], scene["bg_tiles"]
+    rng = np.random.default_rng((scene["seed"], y0, x0))  # the same whichever process renders it
+    ly, lx = y0 // MASK_SCALE, x0 // MASK_SCALE
+    block = alpha_lo[max(ly - 1, 0): ly + TILE // MASK_SCALE + 2,
+                     max(lx - 1, 0): lx + TILE // MASK_SCALE + 2]
+    if block.max() == 0:
+        t = bg_tiles[int(rng.integers(16))].copy()
+    else:
+        t = scene["crop"][scene["src_y"][y0:y0 + TILE, None], scene["src_x"][None, x0:x0 + TILE]]
+        if block.min() < 1:
+            a = _alpha_tile(y0, x0)[..., None]
+            bg = bg_tiles[int(rng.integers(16))]
+            t = (a * t + (1 - a) * bg + 0.5).astype(np.uint8)
+    height, width = scene["height"], scene["width"]
+    if y0 + TILE > height:
+        t[height - y0:] = 240
+    if x0 + TILE > width:
+        t[:, width - x0:] = 240
+    return t
+
+
+def _render_row(y0):
+    """The level-0 tiles of the tile row at ``y0``, and the row's 2x2 means (for level 1)."""
+    tiles = [_render_tile(y0, x0) for x0 in range(0, _SCENE["width"], TILE)]
+    return tiles, down2(np.concatenate(tiles, axis=1))
+
+
+def _rendered_rows(height: int, workers: int):
+    """``_render_row`` for every tile row in order, ``workers`` processes rendering ahead."""
+    rows = range(0, height, TILE)
+    if workers <= 1:
+        yield from map(_render_row, rows)
+        return
+    context = multiprocessing.get_context("fork")  # the workers inherit _SCENE
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        pending = collections.deque()
+        for y0 in rows:
+            pending.append(pool.submit(_render_row, y0))
+            if len(pending) > workers + 1:  # a bounded lead: a row is ~115 MB at 60,000 px
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def make_big_slide(out: Path, width: int, height: int, mpp: float, n_levels: int = 6,
+                   workers: int | None = None) -> None:
     import openslide
     import tifffile
 
+    workers = workers or os.cpu_count() or 1
     rng = np.random.default_rng(0)
     with openslide.OpenSlide(SAMPLE) as src:
         full = np.asarray(src.read_region((0, 0), 0, src.dimensions).convert("RGB"))
@@ -115,54 +185,27 @@ def make_big_slide(out: Path, width: int, height: int, mpp: float, n_levels: int
     mask_h, mask_w = -(-height // MASK_SCALE), -(-width // MASK_SCALE)
     alpha_lo = section_alpha(rng, mask_h + 2, mask_w + 2)
     print(f"{width} x {height} px, section fraction {float((alpha_lo > 0.5).mean()):.3f}", flush=True)
-    src_x = mirror(np.arange(width + TILE), crop_w)
-    src_y = mirror(np.arange(height + TILE), crop_h)
-    bg_tiles = [(240 + rng.integers(-3, 4, size=(TILE, TILE, 3))).astype(np.uint8) for _ in range(16)]
-
-    def alpha_tile(y0, x0):
-        ys = (np.arange(y0, y0 + TILE) + 0.5) / MASK_SCALE - 0.5
-        xs = (np.arange(x0, x0 + TILE) + 0.5) / MASK_SCALE - 0.5
-        iy = np.clip(np.floor(ys).astype(int), 0, alpha_lo.shape[0] - 2)
-        ix = np.clip(np.floor(xs).astype(int), 0, alpha_lo.shape[1] - 2)
-        fy = np.clip(ys - iy, 0, 1).astype(np.float32)[:, None]
-        fx = np.clip(xs - ix, 0, 1).astype(np.float32)[None, :]
-        rows = alpha_lo[iy] * (1 - fy) + alpha_lo[iy + 1] * fy
-        return rows[:, ix] * (1 - fx) + rows[:, ix + 1] * fx
-
-    def render_tile(y0, x0):
-        ly, lx = y0 // MASK_SCALE, x0 // MASK_SCALE
-        block = alpha_lo[max(ly - 1, 0): ly + TILE // MASK_SCALE + 2,
-                         max(lx - 1, 0): lx + TILE // MASK_SCALE + 2]
-        if block.max() == 0:
-            t = bg_tiles[int(rng.integers(16))].copy()
-        else:
-            t = crop[src_y[y0:y0 + TILE, None], src_x[None, x0:x0 + TILE]]
-            if block.min() < 1:
-                a = alpha_tile(y0, x0)[..., None]
-                bg = bg_tiles[int(rng.integers(16))]
-                t = (a * t + (1 - a) * bg + 0.5).astype(np.uint8)
-        if y0 + TILE > height:
-            t[height - y0:] = 240
-        if x0 + TILE > width:
-            t[:, width - x0:] = 240
-        return t
+    _SCENE.update(
+        seed=0, width=width, height=height, crop=crop, alpha_lo=alpha_lo,
+        src_x=mirror(np.arange(width + TILE), crop_w), src_y=mirror(np.arange(height + TILE), crop_h),
+        bg_tiles=[(240 + rng.integers(-3, 4, size=(TILE, TILE, 3))).astype(np.uint8)
+                  for _ in range(16)],
+    )
 
     level1_path = out.with_name(f".{out.name}.level1.u8")
     level1 = np.lib.format.open_memmap(level1_path, mode="w+", dtype=np.uint8,
                                        shape=(height // 2, width // 2, 3))
 
     def level0_tiles():
-        for y0 in range(0, height, TILE):
-            for x0 in range(0, width, TILE):
-                t = render_tile(y0, x0)
-                h = min(TILE // 2, height // 2 - y0 // 2)
-                w = min(TILE // 2, width // 2 - x0 // 2)
-                level1[y0 // 2: y0 // 2 + h, x0 // 2: x0 // 2 + w] = down2(t)[:h, :w]
-                yield t
+        for y0, (tiles, means) in zip(range(0, height, TILE), _rendered_rows(height, workers),
+                                      strict=True):
+            h = min(TILE // 2, height // 2 - y0 // 2)
+            level1[y0 // 2: y0 // 2 + h] = means[:h, : width // 2]
+            yield from tiles
 
     common = {"dtype": np.uint8, "tile": (TILE, TILE), "photometric": "rgb",
               "compression": "jpeg", "compressionargs": {"level": QUALITY},
-              "resolutionunit": "CENTIMETER", "maxworkers": 2}
+              "resolutionunit": "CENTIMETER", "maxworkers": workers}
     t0 = time.perf_counter()
     tmp = out.with_name(f".{out.name}.part")
     try:
@@ -197,9 +240,10 @@ def main():
     parser.add_argument("--width", type=int, default=6000 if small else 100_000)
     parser.add_argument("--height", type=int, default=5000 if small else 80_000)
     parser.add_argument("--mpp", type=float, default=0.25, help="µm per pixel at level 0")
+    parser.add_argument("--workers", type=int, help="processes rendering level 0 (default: one per core)")
     args = parser.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    make_big_slide(args.out, args.width, args.height, args.mpp, n_levels=8)
+    make_big_slide(args.out, args.width, args.height, args.mpp, n_levels=8, workers=args.workers)
 
 
 if __name__ == "__main__":
