@@ -58,6 +58,7 @@ def noted_steps(log):
         wrap(nvjpeg.BatchedJpegDecoder, "decode_into", "  nvJPEG decode", True),
         wrap(nvjpeg.BatchedJpegDecoder, "check", "  headers checked", False),
         wrap(predict.TileClassifier, "__call__", "model batch", True),
+        wrap(jpeg_batches, "_to_device", "  indices to GPU", True),
     ]
     lib = nvjpeg.library()
     call = lib.nvjpegDecodeBatched  # the ctypes call that holds its thread while the engines work
