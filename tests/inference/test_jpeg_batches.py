@@ -8,6 +8,7 @@ nvJPEG decoder itself is checked on the GPU (marked ``gpu``).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import numpy as np
 import pytest
@@ -221,6 +222,29 @@ def test_nvjpeg_tiles_match_the_slide_reader(ycbcr_pyramid):
     assert difference <= MAX_MEAN_DIFFERENCE
     assert np.abs(got.astype(int) - expected).mean() <= MAX_MEAN_DIFFERENCE
     assert (got[3] == 255).all()  # past the slide's corner: white
+
+
+@pytest.mark.gpu
+def test_batch_after_batch_on_the_gpu_gives_the_tiles_of_one_batch(ycbcr_pyramid):
+    # batches of growing sizes, each keeping JPEG tiles decoded for the one before, give on the
+    # GPU (nvJPEG, the Triton gather) what one batch of all the boxes gives
+    with open_slide(ycbcr_pyramid) as slide:
+        geometry = tile_geometry(slide.mpp, slide.level_downsamples, 224, 0.5)
+        t = geometry.tile_l0
+        width, height = slide.dimensions
+        boxes = np.array(
+            [[x, y, t, t] for y in range(0, height, t // 4) for x in range(0, width, t // 4)]
+        )
+        reader = JpegBatchReader(slide, geometry, "cuda")
+        expected = reader(boxes).cpu().numpy()
+        reader.reset()
+        starts = np.cumsum([0, 1, 2, 3, 5, 8, 13, 21, 34])
+        starts = [*starts[starts < len(boxes)], len(boxes)]
+        got = np.concatenate(
+            [reader(boxes[a:b]).cpu().numpy() for a, b in itertools.pairwise(starts)]
+        )
+    assert len(starts) > 6
+    np.testing.assert_array_equal(got, expected)
 
 
 @pytest.mark.gpu
