@@ -77,6 +77,15 @@ def boxes_over(slide, geometry, n=30, seed=0):
     return np.stack([xs, ys, np.full(n, t), np.full(n, t)], axis=1)
 
 
+def raster_boxes(slide, geometry, per_tile):
+    """Boxes over the whole slide in raster order, as a plan gives them, ``per_tile`` to a tile's
+    width (so each overlaps its neighbours)."""
+    t = geometry.tile_l0
+    width, height = slide.dimensions
+    step = t // per_tile
+    return np.array([[x, y, t, t] for y in range(0, height, step) for x in range(0, width, step)])
+
+
 def tiles_both_ways(slide, geometry, boxes, batch=12):
     expected = np.stack([SlideTileReader(slide, geometry)(box) for box in boxes])
     reader = JpegBatchReader(slide, geometry, "cpu", decode=cpu_decoder(slide, geometry))
@@ -140,11 +149,7 @@ def test_tiles_kept_from_the_last_batch_land_in_the_right_place(ycbcr_pyramid):
     # raster order, as a plan gives: each batch shares JPEG tiles with the one before
     with open_slide(ycbcr_pyramid) as slide:
         geometry = tile_geometry(slide.mpp, slide.level_downsamples, 224, 0.5)
-        t = geometry.tile_l0
-        width, height = slide.dimensions
-        boxes = np.array(
-            [[x, y, t, t] for y in range(0, height, t // 2) for x in range(0, width, t // 2)]
-        )
+        boxes = raster_boxes(slide, geometry, per_tile=2)
         decoded, counting = counting_decoder(slide, geometry)
         reader = JpegBatchReader(slide, geometry, "cpu", decode=counting)
         got = np.concatenate([reader(boxes[i : i + 5]).numpy() for i in range(0, len(boxes), 5)])
@@ -230,11 +235,7 @@ def test_batch_after_batch_on_the_gpu_gives_the_tiles_of_one_batch(ycbcr_pyramid
     # GPU (nvJPEG, the Triton gather) what one batch of all the boxes gives
     with open_slide(ycbcr_pyramid) as slide:
         geometry = tile_geometry(slide.mpp, slide.level_downsamples, 224, 0.5)
-        t = geometry.tile_l0
-        width, height = slide.dimensions
-        boxes = np.array(
-            [[x, y, t, t] for y in range(0, height, t // 4) for x in range(0, width, t // 4)]
-        )
+        boxes = raster_boxes(slide, geometry, per_tile=4)
         reader = JpegBatchReader(slide, geometry, "cuda")
         expected = reader(boxes).cpu().numpy()
         reader.reset()
