@@ -153,21 +153,21 @@ def _render_row(y0):
     return tiles, down2(np.concatenate(tiles, axis=1))
 
 
-def _rendered_rows(height: int, workers: int):
-    """``_render_row`` for every tile row in order, ``workers`` processes rendering ahead."""
+def _rendered_rows(pool, height: int, lead: int):
+    """``_render_row`` for every tile row, in order, rendered by ``pool`` at most ``lead`` rows
+    ahead (a row is ~115 MB at 60,000 px). The first rows are submitted at once, so the pool's
+    processes are forked here, before the TIFF writer starts its threads."""
     rows = range(0, height, TILE)
-    if workers <= 1:
-        yield from map(_render_row, rows)
-        return
-    context = multiprocessing.get_context("fork")  # the workers inherit _SCENE
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        pending = collections.deque()
-        for y0 in rows:
+    pending = collections.deque(pool.submit(_render_row, y0) for y0 in rows[:lead])
+
+    def results():
+        for y0 in rows[lead:]:
+            yield pending.popleft().result()
             pending.append(pool.submit(_render_row, y0))
-            if len(pending) > workers + 1:  # a bounded lead: a row is ~115 MB at 60,000 px
-                yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+
+    return results()
 
 
 def make_big_slide(out: Path, width: int, height: int, mpp: float, n_levels: int = 6,
@@ -196,9 +196,8 @@ def make_big_slide(out: Path, width: int, height: int, mpp: float, n_levels: int
     level1 = np.lib.format.open_memmap(level1_path, mode="w+", dtype=np.uint8,
                                        shape=(height // 2, width // 2, 3))
 
-    def level0_tiles():
-        for y0, (tiles, means) in zip(range(0, height, TILE), _rendered_rows(height, workers),
-                                      strict=True):
+    def level0_tiles(rows):
+        for y0, (tiles, means) in zip(range(0, height, TILE), rows, strict=True):
             h = min(TILE // 2, height // 2 - y0 // 2)
             level1[y0 // 2: y0 // 2 + h] = means[:h, : width // 2]
             yield from tiles
@@ -208,9 +207,12 @@ def make_big_slide(out: Path, width: int, height: int, mpp: float, n_levels: int
               "resolutionunit": "CENTIMETER", "maxworkers": workers}
     t0 = time.perf_counter()
     tmp = out.with_name(f".{out.name}.part")
+    fork = multiprocessing.get_context("fork")  # the workers inherit _SCENE
     try:
-        with tifffile.TiffWriter(tmp, bigtiff=True) as tw:
-            tw.write(level0_tiles(), shape=(height, width, 3), subfiletype=0,
+        with ProcessPoolExecutor(workers, mp_context=fork) as pool, \
+                tifffile.TiffWriter(tmp, bigtiff=True) as tw:
+            rows = _rendered_rows(pool, height, lead=workers + 2)
+            tw.write(level0_tiles(rows), shape=(height, width, 3), subfiletype=0,
                      resolution=(1e4 / mpp, 1e4 / mpp),
                      description=f"synthetic WSI from CMU-1-Small-Region tiles; MPP = {mpp}",
                      **common)
