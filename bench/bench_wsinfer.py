@@ -84,21 +84,22 @@ def export_for_wsinfer(model, card, folder: Path):
 
 
 def our_model_alone(model, card, tiles: int) -> float:
-    """Tiles per second of our model as ``predict_tiles`` runs it on the CPU, best of 3."""
+    """Tiles per second of ``model`` as ``predict_tiles`` runs it on the CPU (its
+    ``TileClassifier``, at our batch size), best of 3."""
     import torch
 
-    from napari_ssmamba.inference.predict import CPU_BATCH_SIZE, _normalisation, classify_tiles
+    from napari_ssmamba.inference.predict import CPU_BATCH_SIZE, TileClassifier
 
-    mean, std = _normalisation(tuple(card.mean), tuple(card.std), torch.device("cpu"))
+    classify = TileClassifier(model, card, torch.device("cpu"), attention=False)
     batch = torch.randint(
         0, 256, (CPU_BATCH_SIZE, card.tile_size, card.tile_size, 3), dtype=torch.uint8
     )
-    classify_tiles(model, batch, mean, std, attention=False)
+    classify(batch)
     best = float("inf")
     for _ in range(3):
         start = time.perf_counter()
         for _ in range(tiles // CPU_BATCH_SIZE):
-            classify_tiles(model, batch, mean, std, attention=False)
+            classify(batch)
         best = min(best, time.perf_counter() - start)
     return tiles // CPU_BATCH_SIZE * CPU_BATCH_SIZE / best
 
