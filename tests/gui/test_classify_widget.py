@@ -14,11 +14,9 @@ def viewer_with_sample(make_napari_viewer):
 
 
 def _run(qtbot, widget):
-    worker = widget.run()
-    assert worker is not None
-    with qtbot.waitSignal(worker.finished, timeout=120_000):
-        pass
-    qtbot.waitUntil(lambda: widget._worker is None, timeout=5_000)
+    assert widget.run() is not None
+    # not waitSignal(worker.finished): a run served from the cache can finish before it connects
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=120_000)
 
 
 def _classify_rois_layer(qtbot, viewer, checkpoint):
@@ -52,7 +50,8 @@ def test_classify_rectangle_roi_layers_aligned(qtbot, viewer_with_sample, small_
     assert f"{stem} [classes]" in names and f"{stem} [LPR attention]" in names
     assert all(f"{stem} [{c} probability]" in names for c in result.class_names)
     assert shapes.features["predicted_class"][0] == result.rois[0].class_name
-    assert shapes.features["prediction"][0] == f"{result.rois[0].class_name} {result.rois[0].confidence:.2f}"
+    roi = result.rois[0]
+    assert shapes.features["prediction"][0] == f"ROI 1: {roi.class_name} {roi.confidence:.2f}"
     assert "Tumor" in widget.legend_label.text()
 
     labels = viewer.layers[f"{stem} [classes]"]
@@ -66,9 +65,38 @@ def test_classify_rectangle_roi_layers_aligned(qtbot, viewer_with_sample, small_
 
     # rerun after adding an ROI: only the new one is predicted
     shapes.add_ellipses(np.array([[2200, 1450], [200, 250]], float))  # centre, radii
+    # a new shape takes none of the first one's id or result (napari copies the last row)
+    assert shapes.features["id"][1] == "" and shapes.features["prediction"][1] == ""
     _run(qtbot, widget)
     assert widget.result.parameters["rois_predicted"] == 1 and len(widget.result.rois) == 2
     assert names.count(f"{stem} [classes]") == 1
+    assert shapes.features["id"][1] not in ("", shapes.features["id"][0])
+    assert shapes.features["prediction"][1].startswith("ROI 2: ")
+
+
+def test_rois_on_glass_only_are_said_so_and_leave_no_maps(
+    qtbot, viewer_with_sample, small_checkpoint
+):
+    viewer = viewer_with_sample
+    mpp = np.asarray(viewer.layers[0].scale[-2:])
+    tissue = np.array([[800, 700], [1600, 1500]], float)
+    glass = np.array([[1500, 0], [2100, 300]], float)  # left of the tissue
+    off_slide = np.array([[4000, 4000], [4500, 4500]], float)
+    shapes = viewer.add_shapes([tissue], shape_type="rectangle", name="ROIs", scale=mpp)
+    widget = _classify_rois_layer(qtbot, viewer, small_checkpoint)
+    stem = viewer.layers[0].name
+    assert f"{stem} [classes]" in [layer.name for layer in viewer.layers]
+
+    shapes.data = [glass, off_slide]
+    shapes.shape_type = ["rectangle", "rectangle"]
+    _run(qtbot, widget)  # no tile anywhere: no error, the maps of the first run go
+    assert widget.result.n_tiles == 0
+    assert "Nothing to classify" in widget.status_label.text()
+    assert list(shapes.features["prediction"]) == [
+        "ROI 1: no tissue",
+        "ROI 2: outside the slide",
+    ]
+    assert not any(layer.name.startswith(f"{stem} [") for layer in viewer.layers)
 
 
 def test_screenshot_overlay_where_it_must_be(qtbot, viewer_with_sample, small_checkpoint):

@@ -40,6 +40,8 @@ FADE_BELOW = 0.25
 LABELS_LAYER = "classes"
 ATTENTION_LAYER = "LPR attention"
 UNTRAINED_TEXT = "UNTRAINED model: the classes shown are not a result."
+#: what a newly drawn ROI starts with in the columns Run writes: no id (Run gives it one), no result
+_ROW_DEFAULTS = {"id": "", "predicted_class": "", "prediction": "", "confidence": float("nan")}
 
 
 def fading_colormap(name: str, fade_below: float = FADE_BELOW):
@@ -151,9 +153,11 @@ class ClassifyWidget(QWidget):
     # --- choices -----------------------------------------------------------------------------
 
     def _refresh_layer_choices(self, event=None) -> None:
+        from napari.layers import Shapes
+
         adopt_world_units(self.viewer.layers)
         slide_names = [layer.name for layer in self.viewer.layers if is_slide_layer(layer)]
-        roi_names = [layer.name for layer in self.viewer.layers if layer._type_string == "shapes"]
+        roi_names = [layer.name for layer in self.viewer.layers if isinstance(layer, Shapes)]
         _set_items(self.slide_combo, slide_names)
         _set_items(self.roi_combo, [WHOLE_TISSUE, *roi_names])
         self._warm_up()
@@ -323,7 +327,7 @@ class ClassifyWidget(QWidget):
         ids = features["id"].fillna("").astype(str).tolist()
         if "".join(ids) == "" or "" in ids:
             features["id"] = [i or new_id() for i in ids]
-            layer.features = features
+            _set_features(layer, features)
         return [a for a in annotations_in_slide_frame(layer, slide_layer) if a.geometry.area > 0]
 
     def _set_running(self, running: bool) -> None:
@@ -358,7 +362,13 @@ class ClassifyWidget(QWidget):
             f"tiles skipped, {result.timings.get('total_s', 0):.1f} s."
         )
         self.warning_label.setVisible(result.untrained)
-        if result.untrained:
+        if result.n_tiles == 0:
+            self.status_label.setText(
+                f"Nothing to classify: no tissue tile in the {n_rois} "
+                f"({result.n_background_tiles} background tiles skipped)."
+            )
+            show_warning(self.status_label.text())
+        elif result.untrained:
             show_warning(UNTRAINED_TEXT)
         else:
             show_info(self.status_label.text())
@@ -368,6 +378,15 @@ class ClassifyWidget(QWidget):
     def _show_result(self, result) -> None:
         from napari.utils.colormaps import DirectLabelColormap
 
+        if self._run_roi_layer is not None and self._run_roi_layer in self.viewer.layers:
+            self._label_rois(self._run_roi_layer, result)
+        self.legend_label.setText(_legend_html(result))
+        if result.n_tiles == 0:  # no maps: those of an earlier run would show what is not there
+            for layer in self.result_layers.values():
+                if layer in self.viewer.layers:
+                    self.viewer.layers.remove(layer)
+            self.result_layers.clear()
+            return
         slide_layer = self._run_slide_layer
         base_scale = tuple(slide_layer.scale[-2:])
         base_translate = np.asarray(slide_layer.translate[-2:], dtype=float)
@@ -422,14 +441,14 @@ class ClassifyWidget(QWidget):
                 opacity=self.attention_slider.value() / 100,
                 **units,
             )
-        if self._run_roi_layer is not None and self._run_roi_layer in self.viewer.layers:
-            self._label_rois(self._run_roi_layer, result)
-        self.legend_label.setText(_legend_html(result))
 
     def _put_layer(self, name, data, kind, **kwargs):
         """Update our result layer ``name`` in place, or add it."""
+        from napari.layers import Image, Labels
+
         layer = self.result_layers.get(name)
-        if layer is not None and layer in self.viewer.layers and layer._type_string == kind:
+        layer_type = Image if kind == "image" else Labels
+        if layer is not None and layer in self.viewer.layers and isinstance(layer, layer_type):
             visible = layer.visible
             layer.data = data
             for key in ("scale", "translate", "colormap", "contrast_limits"):
@@ -446,28 +465,29 @@ class ClassifyWidget(QWidget):
     def _label_rois(layer, result) -> None:
         """Predicted class, confidence, edge colour and text on each ROI row."""
         by_id = {}
-        for roi in result.rois:
+        for index, roi in enumerate(result.rois):
             if roi.annotation is not None:
-                by_id[roi.annotation.id] = roi
+                by_id[roi.annotation.id] = index, roi
         features = layer.features.copy()
         ids = features["id"].astype(str).tolist() if "id" in features else [""] * len(layer.data)
         classes, confidences, labels, edges = [], [], [], []
         for row_id in ids:
-            roi = by_id.get(row_id)
+            index, roi = by_id.get(row_id, (None, None))
+            labels.append(
+                "" if roi is None else f"{_roi_name(index, roi)}: {_verdict(roi, result)}"
+            )
             if roi is None or roi.class_index is None:
                 classes.append("")
                 confidences.append(np.nan)
-                labels.append("" if roi is None else "no tissue")
                 edges.append((0.6, 0.6, 0.6, 1.0))
             else:
                 classes.append(roi.class_name)
                 confidences.append(roi.confidence)
-                labels.append(f"{roi.class_name} {roi.confidence:.2f}")
                 edges.append(tuple(v / 255 for v in result.class_colors[roi.class_index]) + (1.0,))
         features["predicted_class"] = classes
         features["confidence"] = confidences
         features["prediction"] = labels
-        layer.features = features
+        _set_features(layer, features)
         layer.edge_color = edges
         layer.edge_width = [max(float(w), 12.0) for w in np.ravel(layer.edge_width)]
         layer.text = {
@@ -496,6 +516,17 @@ class ClassifyWidget(QWidget):
             layer.opacity = value / 100
 
 
+def _set_features(layer, features) -> None:
+    """Set a shapes layer's ``features`` and keep what a newly drawn shape gets: napari resets the
+    defaults to the last row, which would give a new shape that row's id and predicted class."""
+    kept = layer.feature_defaults.iloc[0].to_dict()
+    layer.features = features
+    defaults = layer.feature_defaults.iloc[0].to_dict()
+    defaults |= {key: value for key, value in kept.items() if key in defaults}
+    defaults |= {key: value for key, value in _ROW_DEFAULTS.items() if key in defaults}
+    layer.feature_defaults = defaults
+
+
 def _choice_key(slide, checkpoint, device: str) -> tuple[str, str, str]:
     """What a warm-up or a run prepared: once per slide, model and device."""
     return str(slide.path), str(checkpoint), device
@@ -518,11 +549,23 @@ def _legend_html(result) -> str:
     ]
     rois = []
     for index, roi in enumerate(result.rois[:20]):
-        label = (
-            "Tissue"
-            if result.whole_tissue
-            else (getattr(roi.annotation, "name", None) or f"ROI {index + 1}")
-        )
-        verdict = f"{roi.class_name} ({roi.confidence:.2f})" if roi.class_name else "no tissue"
-        rois.append(f"{label}: <b>{verdict}</b>, {roi.n_tiles} tiles")
+        label = "Tissue" if result.whole_tissue else _roi_name(index, roi)
+        tiles = f"{roi.n_tiles} tile{'' if roi.n_tiles == 1 else 's'}"
+        rois.append(f"{label}: <b>{_verdict(roi, result)}</b>, {tiles}")
     return "<b>Classes</b><br>" + "<br>".join(rows) + "<br><br>" + "<br>".join(rois)
+
+
+def _roi_name(index: int, roi) -> str:
+    """The ROI's name, or its number in the run: the same on the canvas and in the legend."""
+    return getattr(roi.annotation, "name", None) or f"ROI {index + 1}"
+
+
+def _verdict(roi, result) -> str:
+    """``"tumour 0.87"``, or why the ROI has no class."""
+    import shapely
+
+    if roi.class_name is not None:
+        return f"{roi.class_name} {roi.confidence:.2f}"
+    if not roi.geometry.intersects(shapely.box(0, 0, *result.slide_dimensions_wh)):
+        return "outside the slide"
+    return "no tissue"
