@@ -38,6 +38,12 @@ def test_cells_inside_uses_cell_centres():
     assert inside.tolist() == [[True, True, False]] * 3
 
 
+def test_a_region_smaller_than_a_cell_gets_the_cell_it_lies_in():
+    grid = Grid((0.0, 0.0), 10.0, (3, 3))
+    inside = cells_inside(grid, [shapely.box(21, 12, 23, 14), shapely.box(40, 40, 42, 42)])
+    assert np.argwhere(inside).tolist() == [[1, 2]]  # the second one is off the grid
+
+
 def _stitch_maps_tile_by_tile(grid, boxes, tile_maps):
     """stitch_maps as written before: PIL's box filter on each tile's map in turn."""
     from PIL import Image

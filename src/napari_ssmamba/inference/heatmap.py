@@ -142,11 +142,21 @@ def _box_weights(source: int, target: int) -> np.ndarray:
 
 
 def cells_inside(grid: Grid, geometries) -> np.ndarray:
-    """Boolean (h, w): cells whose centre lies inside any of ``geometries`` (level-0 px)."""
+    """Boolean (h, w): cells whose centre lies inside any of ``geometries`` (level-0 px); a
+    geometry that holds no cell centre (one smaller than a cell) gets the cell it lies in."""
     import shapely
 
     ys, xs = grid.cell_centres_l0()
     inside = np.zeros(grid.shape_hw, dtype=bool)
     for geometry in geometries:
-        inside |= shapely.contains_xy(geometry, xs, ys)
+        hits = shapely.contains_xy(geometry, xs, ys)
+        if not hits.any():
+            point = geometry.representative_point()
+            row, col = (
+                int(np.floor((v - o) / grid.cell_l0))
+                for v, o in zip((point.y, point.x), grid.origin_l0_yx)
+            )
+            if 0 <= row < grid.shape_hw[0] and 0 <= col < grid.shape_hw[1]:
+                hits[row, col] = True
+        inside |= hits
     return inside
