@@ -34,10 +34,9 @@ class ProgressBridge(QObject):
             return
         if bar.total != total:
             bar.total = total
-        bar.n = done
         if message:
             bar.set_description(message)
-        bar.refresh()
+        bar.update(done - bar.n)  # napari's bar moves on update(), not on a new n
 
     def close(self) -> None:
         if self._bar is not None:
