@@ -25,8 +25,23 @@ def test_classes_from_shapes_and_tile_counts(widget):
     w.tile_spin.setValue(112)
     counts = w.tile_counts()
     assert counts == {"tissue": int(600 * 600 // (112 * 0.5 / 0.499) ** 2)}
-    assert "too few" in w.counts_label.text() or "two classes" in w.counts_label.text()
+    assert f"tissue: {counts['tissue']} tiles" in w.counts_label.text()  # follows the tile size
+    assert "two classes" in w.counts_label.text()
+    w.mpp_spin.setValue(0.25)
+    assert f"tissue: {int(600 * 600 // (112 * 0.25 / 0.499) ** 2)} tiles" in w.counts_label.text()
     assert list(tissue.features["class_name"]) == ["tissue"]
+
+
+def test_new_classes_get_their_own_colours_and_the_slides_units(widget):
+    from napari_ssmamba.annotations.colors import default_class_color
+
+    viewer, w = widget
+    stroma, other = w.add_class("Stroma"), w.add_class("vessels")
+    assert stroma.feature_defaults["color"][0] == "#96c896"  # QuPath's Stroma
+    assert other.feature_defaults["color"][0] == "#{:02x}{:02x}{:02x}".format(
+        *default_class_color("vessels")
+    )
+    assert tuple(stroma.units) == tuple(viewer.layers[0].units)
 
 
 def test_tiny_run_saves_a_model_and_keeps_annotations(widget, qtbot):
@@ -39,9 +54,10 @@ def test_tiny_run_saves_a_model_and_keeps_annotations(widget, qtbot):
     _draw(tissue, [(700, 1000, 1000, 1300), (1000, 1300, 1300, 1600)])
     _draw(glass, [(1700, 100, 2000, 400), (1900, 300, 2200, 600)])
     before = [np.array(d) for d in tissue.data]
+    w.arch_combo.addItem("ssmamba_test")  # not offered to users: a few kB, for tests
     w.arch_combo.setCurrentText("ssmamba_test")
     w.tile_spin.setValue(32)
-    w.mpp_edit.setText("2.0")
+    w.mpp_spin.setValue(2.0)
     w.epochs_spin.setValue(2)
     worker = w.run()
     with qtbot.waitSignal(worker.finished, timeout=120_000):

@@ -17,6 +17,7 @@ from qtpy.QtWidgets import (
     QCheckBox,
     QColorDialog,
     QComboBox,
+    QDoubleSpinBox,
     QFormLayout,
     QHBoxLayout,
     QLabel,
@@ -27,6 +28,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_ssmamba.annotations.colors import default_class_color
 from napari_ssmamba.gui.slide_reader import adopt_world_units, is_slide_layer
 
 MIN_TILES_PER_CLASS = 20
@@ -41,7 +43,8 @@ class RetrainWidget(QWidget):
         self.result = None
         self._worker = None
         self._cancel = None
-        self._color = QColor(31, 119, 180)
+        self._out_dir = None
+        self._color = None  # picked with Colour…, for the next class only
 
         self.slide_combo = QComboBox()
         self.class_name_edit = QLineEdit()
@@ -51,12 +54,17 @@ class RetrainWidget(QWidget):
         self.add_class_button = QPushButton("Add class")
         self.add_class_button.clicked.connect(self.add_class)
         self.arch_combo = QComboBox()
-        self.arch_combo.addItems(["ssmamba_tiny", "ssmamba_small", "ssmamba_test"])
+        self.arch_combo.addItems(["ssmamba_tiny", "ssmamba_small"])
         self.tile_spin = QSpinBox()
         self.tile_spin.setRange(32, 1024)
         self.tile_spin.setValue(224)
         self.tile_spin.setSuffix(" px")
-        self.mpp_edit = QLineEdit("0.5")
+        self.mpp_spin = QDoubleSpinBox()
+        self.mpp_spin.setRange(0.05, 16.0)
+        self.mpp_spin.setDecimals(3)
+        self.mpp_spin.setSingleStep(0.25)
+        self.mpp_spin.setValue(0.5)
+        self.mpp_spin.setSuffix(" µm/px")
         self.epochs_spin = QSpinBox()
         self.epochs_spin.setRange(1, 500)
         self.epochs_spin.setValue(10)
@@ -80,7 +88,7 @@ class RetrainWidget(QWidget):
         form.addRow("Class", class_row)
         form.addRow("Architecture", self.arch_combo)
         form.addRow("Tile size", self.tile_spin)
-        form.addRow("µm/px", self.mpp_edit)
+        form.addRow("Resolution", self.mpp_spin)
         form.addRow("Epochs", self.epochs_spin)
         form.addRow("", self.pretrain_check)
         buttons = QHBoxLayout()
@@ -95,6 +103,9 @@ class RetrainWidget(QWidget):
 
         for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             event.connect(self._refresh)
+        self.tile_spin.valueChanged.connect(self._show_counts)
+        self.mpp_spin.valueChanged.connect(self._show_counts)
+        self.slide_combo.currentTextChanged.connect(self._show_counts)
         self._refresh()
 
     # --- classes and counts -------------------------------------------------------------------
@@ -104,8 +115,13 @@ class RetrainWidget(QWidget):
         return self.viewer.layers[name] if name in self.viewer.layers else None
 
     def _shapes_layers(self):
-        return [layer for layer in self.viewer.layers
-                if layer._type_string == "shapes" and "class_name" in layer.features]
+        from napari.layers import Shapes
+
+        return [
+            layer
+            for layer in self.viewer.layers
+            if isinstance(layer, Shapes) and "class_name" in layer.features
+        ]
 
     def _annotations(self, slide_layer):
         """Copies of the labelled polygons of every shapes layer, in the slide's level-0 pixels
@@ -114,8 +130,11 @@ class RetrainWidget(QWidget):
 
         annotations = []
         for layer in self._shapes_layers():
-            annotations += [a for a in annotations_in_slide_frame(layer, slide_layer)
-                            if a.class_name and a.geometry.geom_type in ("Polygon", "MultiPolygon")]
+            annotations += [
+                a
+                for a in annotations_in_slide_frame(layer, slide_layer)
+                if a.class_name and a.geometry.geom_type in ("Polygon", "MultiPolygon")
+            ]
         return annotations
 
     def tile_counts(self) -> dict[str, int]:
@@ -125,17 +144,21 @@ class RetrainWidget(QWidget):
             return {}
         slide = layer.metadata["slide"]
         slide_mpp = sum(slide.mpp) / 2 if slide.mpp else 1.0
-        side = self.tile_spin.value() * float(self.mpp_edit.text()) / slide_mpp
+        side = self.tile_spin.value() * self.mpp_spin.value() / slide_mpp
         counts: dict[str, int] = {}
         for annotation in self._annotations(layer):
-            counts[annotation.class_name] = counts.get(annotation.class_name, 0) + int(annotation.geometry.area // side**2)
+            counts[annotation.class_name] = counts.get(annotation.class_name, 0) + int(
+                annotation.geometry.area // side**2
+            )
         return counts
 
     def _refresh(self, event=None) -> None:
         adopt_world_units(self.viewer.layers)
         current = self.slide_combo.currentText()
         self.slide_combo.clear()
-        self.slide_combo.addItems([layer.name for layer in self.viewer.layers if is_slide_layer(layer)])
+        self.slide_combo.addItems(
+            [layer.name for layer in self.viewer.layers if is_slide_layer(layer)]
+        )
         if current:
             self.slide_combo.setCurrentText(current)
         for layer in self._shapes_layers():
@@ -151,33 +174,51 @@ class RetrainWidget(QWidget):
         if not counts:
             self.counts_label.setText("Draw regions in a shapes layer with a class to train on.")
             return
-        lines = [f"{name}: {n} tiles" + ("  ⚠ too few" if n < MIN_TILES_PER_CLASS else "")
-                 for name, n in sorted(counts.items())]
+        lines = [
+            f"{name}: {n} tiles" + ("  ⚠ too few" if n < MIN_TILES_PER_CLASS else "")
+            for name, n in sorted(counts.items())
+        ]
         if len(counts) < 2:
             lines.append("⚠ at least two classes are needed")
         self.counts_label.setText("\n".join(lines))
 
     def _on_pick_color(self) -> None:
-        color = QColorDialog.getColor(self._color, self, "Class colour")
+        name = self.class_name_edit.text().strip()
+        current = QColor(*(self._color or default_class_color(name or "class")))
+        color = QColorDialog.getColor(current, self, "Class colour")
         if color.isValid():
-            self._color = color
+            self._color = (color.red(), color.green(), color.blue())
 
     def add_class(self, name: str | None = None, color: tuple[int, int, int] | None = None):
-        """Add a shapes layer for class ``name`` in ``color``; regions drawn in it get the class."""
+        """Add a shapes layer for class ``name`` in ``color`` (by default the one picked with
+        Colour…, else QuPath's colour for the class name); regions drawn in it get the class."""
         name = name or self.class_name_edit.text().strip()
         if not name:
             self.status_label.setText("Type a class name first.")
             return None
-        rgb = color or (self._color.red(), self._color.green(), self._color.blue())
+        rgb = color or self._color or default_class_color(name)
+        self._color = None
         hex_color = "#{:02x}{:02x}{:02x}".format(*rgb)
         slide_layer = self._slide_layer()
-        kwargs = {} if slide_layer is None else {"scale": slide_layer.scale[-2:],
-                                                 "translate": slide_layer.translate[-2:]}
+        kwargs = {}
+        if slide_layer is not None:  # drawn in the slide's frame and units
+            kwargs = {
+                "scale": slide_layer.scale[-2:],
+                "translate": slide_layer.translate[-2:],
+                "units": slide_layer.units[-2:],
+            }
         import pandas as pd
 
-        features = pd.DataFrame({"class_name": pd.Series([], dtype=object), "color": pd.Series([], dtype=object)})
-        layer = self.viewer.add_shapes(name=name, face_color=hex_color + "66", edge_color=hex_color,
-                                       features=features, **kwargs)
+        features = pd.DataFrame(
+            {"class_name": pd.Series([], dtype=object), "color": pd.Series([], dtype=object)}
+        )
+        layer = self.viewer.add_shapes(
+            name=name,
+            face_color=hex_color + "66",
+            edge_color=hex_color,
+            features=features,
+            **kwargs,
+        )
         layer.feature_defaults = {"class_name": name, "color": hex_color}
         layer.mode = "add_polygon"
         self._refresh()
@@ -194,19 +235,47 @@ class RetrainWidget(QWidget):
             from napari_ssmamba.training.registry import use_trained_model
 
             names = sorted({a.class_name for a in annotations})
-            tiles = tiles_from_slide(slide, annotations, tile_size=settings["tile_size"], mpps=[settings["mpp"]],
-                                     class_names=names)
+            tiles = tiles_from_slide(
+                slide,
+                annotations,
+                tile_size=settings["tile_size"],
+                mpps=[settings["mpp"]],
+                class_names=names,
+            )
             train, val = split_tiles(tiles, 0.25, by="group", seed=0)
-            common = dict(arch=settings["arch"], epochs=settings["epochs"], device="auto", resume=False,
-                          batch_size=min(32, max(2, len(train) // 4)), num_workers=0)
+            common = {
+                "arch": settings["arch"],
+                "epochs": settings["epochs"],
+                "device": "auto",
+                "resume": False,
+                "batch_size": min(32, max(2, len(train) // 4)),
+                "num_workers": 0,
+            }
             init = None
             if settings["pretrain"]:
-                init = str(pretrain(PretrainConfig(out=str(out_dir / "pretrain"), **common), tiles,
-                                    progress=progress, cancel=cancel)["checkpoint"])
-            config = FinetuneConfig(out=str(out_dir), init=init, class_colors=settings["colors"],
-                                    patience=None, **common)
-            result = finetune(config, train, val if len(val) else None, progress=progress, cancel=cancel,
-                              data_info={"slide": str(slide.path), "regions": len(annotations)})
+                init = str(
+                    pretrain(
+                        PretrainConfig(out=str(out_dir / "pretrain"), **common),
+                        tiles,
+                        progress=progress,
+                        cancel=cancel,
+                    )["checkpoint"]
+                )
+            config = FinetuneConfig(
+                out=str(out_dir),
+                init=init,
+                class_colors=settings["colors"],
+                patience=None,
+                **common,
+            )
+            result = finetune(
+                config,
+                train,
+                val if len(val) else None,
+                progress=progress,
+                cancel=cancel,
+                data_info={"slide": str(slide.path), "regions": len(annotations)},
+            )
             use_trained_model(result["checkpoint"])
             return result
 
@@ -235,17 +304,26 @@ class RetrainWidget(QWidget):
         for shapes in self._shapes_layers():
             for name, color in zip(shapes.features["class_name"], shapes.features.get("color", [])):
                 if name and isinstance(color, str) and color.startswith("#"):
-                    colors[name] = [int(color[i:i + 2], 16) for i in (1, 3, 5)]
-        settings = {"arch": self.arch_combo.currentText(), "tile_size": self.tile_spin.value(),
-                    "mpp": float(self.mpp_edit.text()), "epochs": self.epochs_spin.value(),
-                    "pretrain": self.pretrain_check.isChecked(), "colors": colors}
-        out_dir = user_models_dir() / time.strftime("retrained-%Y%m%d-%H%M%S")
+                    colors[name] = [int(color[i : i + 2], 16) for i in (1, 3, 5)]
+        settings = {
+            "arch": self.arch_combo.currentText(),
+            "tile_size": self.tile_spin.value(),
+            "mpp": self.mpp_spin.value(),
+            "epochs": self.epochs_spin.value(),
+            "pretrain": self.pretrain_check.isChecked(),
+            "colors": colors,
+        }
+        out_dir = self._out_dir = user_models_dir() / time.strftime("retrained-%Y%m%d-%H%M%S")
         self.status_label.setText("Training…")
         self.train_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self._worker, self._cancel = start_job(
-            self._job(layer.metadata["slide"], annotations, out_dir, settings), "Retrain",
-            self._on_returned, self._on_errored, self._on_finished)
+            self._job(layer.metadata["slide"], annotations, out_dir, settings),
+            "Retrain",
+            self._on_returned,
+            self._on_errored,
+            self._on_finished,
+        )
         return self._worker
 
     def cancel(self) -> None:
@@ -257,16 +335,30 @@ class RetrainWidget(QWidget):
         self.cancel_button.setEnabled(False)
 
     def _on_errored(self, error: Exception) -> None:
-        self.status_label.setText(f"Training stopped: {error}")
+        from napari_ssmamba.errors import CancelledError
+
+        stopped = (
+            "Cancelled." if isinstance(error, CancelledError) else f"Training stopped: {error}"
+        )
+        if self._out_dir.exists():
+            stopped += (
+                f" What it wrote so far is in {self._out_dir}; delete it if you don't need it."
+            )
+        self.status_label.setText(stopped)
 
     def _on_returned(self, result) -> None:
         self.result = result
         history = result["history"]
         metrics = result["metrics"]
-        summary = (f"val accuracy {metrics['accuracy']:.3f}, balanced {metrics['balanced_accuracy']:.3f}"
-                   if metrics else f"train loss {history[-1]['train_loss']:.4f}")
-        self.status_label.setText(f"Saved {result['checkpoint']} ({summary}); it is now the model "
-                                  "of the Classify widget.")
+        summary = (
+            f"val accuracy {metrics['accuracy']:.3f}, balanced {metrics['balanced_accuracy']:.3f}"
+            if metrics
+            else f"train loss {history[-1]['train_loss']:.4f}"
+        )
+        self.status_label.setText(
+            f"Saved {result['checkpoint']} ({summary}). It is now the model of the Classify "
+            "widget, and the default model of new sessions (Settings changes that)."
+        )
         self._point_classify_widgets(result["checkpoint"])
 
     def _point_classify_widgets(self, checkpoint) -> None:
@@ -274,7 +366,9 @@ class RetrainWidget(QWidget):
         from napari_ssmamba.gui.classify_widget import CHECKPOINT_FILE, ClassifyWidget
 
         for widget in self.viewer.window.dock_widgets.values():
-            classify = widget if isinstance(widget, ClassifyWidget) else widget.findChild(ClassifyWidget)
+            classify = (
+                widget if isinstance(widget, ClassifyWidget) else widget.findChild(ClassifyWidget)
+            )
             if classify is not None:
                 classify.model_combo.setCurrentText(CHECKPOINT_FILE)
                 classify.model_path.setText(str(checkpoint))
