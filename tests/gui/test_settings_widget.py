@@ -26,12 +26,19 @@ def test_device_and_model_are_saved(widget):
 def test_set_mpp_rescales_selected_slide_layers(widget, slides_dir):
     viewer = widget.viewer
     [layer] = viewer.open(slides_dir / "kidney-48-5.tif", plugin="napari-ssmamba")
-    viewer.add_points([[10, 10]], name="not a slide")
+    points = viewer.add_points([[10, 10]], name="not a slide")  # drawn over it, in its pixels
+    roi = viewer.add_shapes(
+        [[[40, 20], [40, 60], [80, 60]]], shape_type="polygon", name="ROI", scale=(2, 2)
+    )
     viewer.layers.selection = {layer}
     assert widget.set_mpp.isEnabled()
     widget.mpp.setValue(0.25)
     widget.set_mpp.click()
     assert tuple(layer.scale) == (0.25, 0.25)
+    # what was drawn over the slide stays on the same pixels of it
+    assert list(points.data_to_world([10, 10])) == [2.5, 2.5]
+    assert list(roi.data_to_world([40, 20])) == [20.0, 10.0]
+    assert [str(u) for u in roi.units] == ["micrometer", "micrometer"]
     assert [str(u) for u in layer.units] == ["micrometer", "micrometer"]
     assert layer.metadata["mpp"] == (0.25, 0.25)
     assert layer.metadata["slide"].mpp == (0.25, 0.25)

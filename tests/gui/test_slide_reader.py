@@ -52,6 +52,16 @@ def test_reader_declines_files_it_cannot_open(slides_dir, name):
     assert get_slide_reader(str(slides_dir / name)) is None
 
 
+def test_reader_says_why_a_vendor_slide_cannot_be_opened(tmp_path):
+    from napari_ssmamba.errors import SlideError
+
+    path = tmp_path / "truncated.svs"
+    path.write_bytes(b"II*\x00" + bytes(64))
+    reader = get_slide_reader(str(path))
+    with pytest.raises(SlideError, match="truncated.svs"):
+        reader(str(path))
+
+
 def test_reader_declines_other_files(tmp_path):
     assert get_slide_reader(str(tmp_path / "annotations.geojson")) is None
     assert get_slide_reader([str(tmp_path / "a.svs"), str(tmp_path / "b.svs")]) is None

@@ -102,7 +102,16 @@ class SettingsWidget(QWidget):
     def _on_set_mpp_clicked(self) -> None:
         value = self.mpp.value()
         layers = self._selected_slide_layers()
+        slides = [layer for layer in self.viewer.layers if is_slide_layer(layer)]
         for layer in layers:
-            set_layer_mpp(layer, (value, value))
+            set_layer_mpp(layer, (value, value), self._drawn_over(layer, slides))
         self.status.setText(f"Pixel size {value:g} µm/px set on "
                             + ", ".join(layer.name for layer in layers))
+
+    def _drawn_over(self, slide_layer, slides) -> list:
+        """The layers that move with ``slide_layer``: with one slide open, every other layer;
+        with several, the result layers named after it."""
+        if slides == [slide_layer]:
+            return [layer for layer in self.viewer.layers if layer is not slide_layer]
+        prefix = f"{slide_layer.name} ["
+        return [layer for layer in self.viewer.layers if layer.name.startswith(prefix)]

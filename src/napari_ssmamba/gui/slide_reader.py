@@ -14,9 +14,11 @@ from napari_ssmamba.slide import Slide, SlideError, open_slide
 
 logger = logging.getLogger(__name__)
 
-#: what the manifest's filename patterns accept; ``.tif`` files that are not slides are left alone
-SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide", ".tif",
-                  ".tiff", ".qptiff", ".dcm")
+#: formats only slide readers open
+VENDOR_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide", ".qptiff")
+#: what the manifest's filename patterns accept; TIFF and DICOM files that are not slides are left
+#: to other readers
+SLIDE_SUFFIXES = (*VENDOR_SUFFIXES, ".tif", ".tiff", ".dcm")
 MICRONS = "um"
 PIXELS = "pixel"
 MISSING_MPP_HINT = ("shown in pixels. Set its pixel size in Plugins > SSMamba WSI > Settings "
@@ -34,10 +36,21 @@ def get_slide_reader(path: str | list[str]):
     try:
         slide = open_slide(path)
     except SlideError as exc:
-        # another reader may know this file
+        if str(path).lower().endswith(VENDOR_SUFFIXES) and Path(path).is_file():
+            # no other reader knows these: say why, instead of napari's "no reader"
+            return functools.partial(_report_unreadable, exc)
+        # a TIFF or DICOM file that is not a slide: another reader may know it
         logger.info("napari-ssmamba does not read %s: %s", path, exc)
         return None
     return functools.partial(_read_slide, slide)
+
+
+def _report_unreadable(error: SlideError, path) -> list:
+    """Show the reason a vendor slide cannot be opened (napari's own message is generic)."""
+    from napari.utils.notifications import show_error
+
+    show_error(str(error))
+    raise error
 
 
 def _read_slide(slide: Slide, path) -> list[tuple]:
@@ -149,10 +162,18 @@ def _colormap(channel: str, color: tuple[int, int, int] | None, index: int):
     return Colormap([[0, 0, 0, 1], [*rgb, 1]], name=f"{channel} {tuple(color)}")
 
 
-def set_layer_mpp(layer, mpp: tuple[float, float]) -> None:
+def set_layer_mpp(layer, mpp: tuple[float, float], drawn_over=()) -> None:
     """Give a slide layer a pixel size: scale (µm per level-0 px), units, metadata, and the
-    Slide object it shows."""
+    Slide object it shows. The ``drawn_over`` layers (ROIs, results) are scaled with it about
+    its origin, so they stay on the same tissue."""
     mpp = (float(mpp[0]), float(mpp[1]))
+    factor = np.asarray(mpp) / np.asarray(layer.scale[-2:], dtype=float)
+    origin = np.asarray(layer.translate[-2:], dtype=float)
+    for other in drawn_over:
+        translate = origin + (np.asarray(other.translate[-2:], dtype=float) - origin) * factor
+        other.scale = (*other.scale[:-2], *(np.asarray(other.scale[-2:]) * factor))
+        other.translate = (*other.translate[:-2], *translate)
+        other.units = (*other.units[:-2], MICRONS, MICRONS)
     layer.scale = (*layer.scale[:-2], *mpp)
     layer.units = (*layer.units[:-2], MICRONS, MICRONS)
     layer.metadata["mpp"] = mpp
@@ -174,8 +195,10 @@ def adopt_world_units(layers) -> None:
     )
     if not in_microns:
         return
+    from napari.layers import Points, Shapes
+
     for layer in layers:
-        if layer._type_string in ("shapes", "points") and all(
+        if isinstance(layer, (Shapes, Points)) and all(
             str(unit) == PIXELS for unit in layer.units
         ):
             layer.units = (*layer.units[:-2], MICRONS, MICRONS)
