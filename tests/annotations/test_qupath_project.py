@@ -108,6 +108,10 @@ def test_malformed_project(tmp_path):
         read_qupath_project(tmp_path)
     with pytest.raises(FileNotFoundError, match="project.qpproj"):
         read_qupath_project(tmp_path / "elsewhere")
+    geojson = tmp_path / "rois.json"  # JSON, but not a project
+    geojson.write_text('{"type": "FeatureCollection", "features": []}', encoding="utf-8")
+    with pytest.raises(AnnotationError, match="rois.json is not a QuPath project"):
+        read_qupath_project(geojson)
 
 
 def test_copied_demo_project_with_the_image_beside_it(demo_project_dir, tmp_path):

@@ -58,6 +58,17 @@ def test_reader_layers(annotations_dir):
     assert all(tuple(meta["scale"]) == (1.0, 1.0) for _, meta, _ in layers)
 
 
+def test_reader_shows_why_a_file_cannot_be_read(tmp_path):
+    from napari.utils.notifications import notification_manager
+
+    path = tmp_path / "cut.geojson"
+    path.write_text('{"type": "FeatureCollection", "features": [')
+    with pytest.raises(AnnotationError):
+        read_geojson_layers(str(path))
+    message = notification_manager.records[-1].message
+    assert "cut.geojson" in message and "JSON" in message
+
+
 def test_writer_refuses_without_leaving_a_file(tmp_path):
     bad_color = {"features": {"id": [""], "color": ["not a colour"]}, "shape_type": ["polygon"]}
     path = tmp_path / "out.geojson"

@@ -184,14 +184,17 @@ def read_qupath_project(path: str | os.PathLike) -> QuPathProject:
             f"No QuPath project at {path}: choose the project.qpproj file of a QuPath project."
         )
     project = _load_json(path, "QuPath project")
-    if not isinstance(project, dict) or not isinstance(project.get("images", []), list):
-        raise AnnotationError(f"{path} is not a QuPath project file (no 'images' list).")
+    if not isinstance(project, dict) or not isinstance(project.get("images"), list):
+        raise AnnotationError(
+            f"{path} is not a QuPath project file (no 'images' list): choose the project.qpproj "
+            "file of a QuPath project."
+        )
     old_directory = _path_from_uri(project.get("uri")) if project.get("uri") else None
     if old_directory is not None:
         old_directory = old_directory.parent
     images = tuple(
         _read_image(entry, index, path, old_directory)
-        for index, entry in enumerate(project.get("images", []))
+        for index, entry in enumerate(project["images"])
     )
     return QuPathProject(
         path=path,

@@ -49,13 +49,22 @@ def read_geojson_layers(path: str | list[str]) -> list[LayerDataTuple]:
     top-most image layer of the current viewer (the slide, in level-0 pixels, with µm scale),
     else 1 px.
     """
+    from napari.utils.notifications import show_error
+
+    from napari_ssmamba.errors import AnnotationError
+
     paths = [path] if isinstance(path, str) else list(path)
     scale, translate = _current_slide_frame()
     layers = []
     for p in paths:
         p = Path(p)
+        try:
+            annotations = read_geojson(p)
+        except AnnotationError as exc:
+            show_error(str(exc))  # napari's own message only says the reader failed
+            raise
         layer_data = annotations_to_layer_data(
-            read_geojson(p), mpp=scale, name=p.stem, translate=translate or (0.0, 0.0)
+            annotations, mpp=scale, name=p.stem, translate=translate or (0.0, 0.0)
         )
         for _, meta, _ in layer_data:
             meta["metadata"]["napari_ssmamba"]["source"] = str(p)
