@@ -29,12 +29,12 @@ class DistributedEnv:
 
 
 def resolve_device(device: str = "auto") -> str:
-    """``"auto"`` -> ``"cuda"`` when a GPU is visible, else ``"cpu"``; other names pass through."""
-    import torch
+    """``"auto"`` -> ``"cuda"`` when a GPU is visible, else ``"cpu"``; other names pass through,
+    a CUDA device this torch cannot reach raising a message that says so."""
+    from napari_ssmamba.inference.predict import resolve_device as resolve_torch_device
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    resolved = resolve_torch_device(device)
+    return device if device != "auto" else resolved.type
 
 
 def setup_distributed(device: str = "auto") -> DistributedEnv:

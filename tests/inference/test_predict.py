@@ -280,3 +280,13 @@ def test_more_runs_at_once_than_shared_threads_all_finish(small_model):
     with ThreadPoolExecutor(runs) as callers:
         results = list(callers.map(run, range(runs), timeout=60))
     assert all(len(result.probabilities) == len(BOXES) for result in results)
+
+
+def test_a_cuda_device_torch_cannot_reach_is_named_with_the_fix():
+    from napari_ssmamba.errors import BackendUnavailableError
+    from napari_ssmamba.inference.predict import resolve_device
+
+    missing = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU, or "cuda:0" on a CPU
+    with pytest.raises(BackendUnavailableError, match=f"'{missing}' was asked for.*Choose 'cpu'"):
+        resolve_device(missing)
+    assert resolve_device("cpu").type == "cpu"

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from napari_ssmamba.errors import CancelledError
+from napari_ssmamba.errors import BackendUnavailableError, CancelledError
 from napari_ssmamba.progress import no_progress
 
 logger = logging.getLogger(__name__)
@@ -61,12 +61,28 @@ class TilePredictions:
 
 
 def resolve_device(device: str = "auto"):
-    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``."""
+    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``.
+
+    Raises :class:`BackendUnavailableError` for a CUDA device this torch cannot reach.
+    """
     import torch
 
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    resolved = torch.device(device)
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (resolved.index or 0) >= count:
+            cause = (
+                f"this PyTorch ({torch.__version__}) was built without CUDA"
+                if torch.version.cuda is None
+                else f"{count} CUDA device(s) are visible"
+            )
+            raise BackendUnavailableError(
+                f"device {device!r} was asked for, but {cause}. Choose 'cpu' or 'auto', or install "
+                "a CUDA build of torch on a machine with a GPU."
+            )
+    return resolved
 
 
 class SlideTileReader:
