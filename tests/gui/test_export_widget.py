@@ -76,3 +76,13 @@ def test_heatmap_writer_opens_in_openslide_aligned(make_napari_viewer, tmp_path,
         assert (region[:row] == 255).all() and (region[:, :col] == 255).all()
         i, j = np.argwhere(result.labels > 0)[0]
         assert tuple(region[row + i, col + j]) != (255, 255, 255)
+
+
+def test_cells_the_colormap_leaves_transparent_are_written_white():
+    from napari_ssmamba.gui.classify_widget import fading_colormap
+    from napari_ssmamba.gui.export_io import layer_rgb
+
+    colormap = fading_colormap("magma")
+    rgb = layer_rgb(np.array([[0.0, 1.0]]), {"colormap": colormap, "contrast_limits": (0, 1)})
+    assert rgb[0, 0].tolist() == [255, 255, 255]  # napari shows the slide there, not black
+    assert rgb[0, 1].tolist() == (colormap.map([1.0])[0, :3] * 255).round().tolist()

@@ -8,7 +8,8 @@ import numpy as np
 
 
 def layer_rgb(data, meta: dict) -> np.ndarray:
-    """The layer's level 0 as (h, w, 3) uint8: RGB as is, otherwise through its colormap and limits."""
+    """The layer's level 0 as (h, w, 3) uint8: RGB as is, otherwise through its colormap and
+    limits, laid over white where the colormap is transparent."""
     from napari.utils.colormaps import ensure_colormap
 
     if meta.get("multiscale"):
@@ -27,7 +28,8 @@ def layer_rgb(data, meta: dict) -> np.ndarray:
     normalised = np.clip((array - low) / max(high - low, 1e-12), 0, 1)
     colormap = ensure_colormap(meta.get("colormap", "gray"))
     rgba = colormap.map(np.nan_to_num(normalised).ravel()).reshape(*array.shape, 4)
-    return (rgba[..., :3] * 255).round().astype(np.uint8)
+    over_white = rgba[..., :3] * rgba[..., 3:] + (1.0 - rgba[..., 3:])  # as on glass, not black
+    return (over_white * 255).round().astype(np.uint8)
 
 
 def write_heatmap(path: str, data, meta: dict) -> list[str]:
