@@ -41,6 +41,10 @@ def test_atomic_files_get_the_umask_mode_not_mkstemps_0600(tmp_path: Path) -> No
     try:
         with atomic_open(tmp_path / "shared.txt") as fh:
             fh.write("x")
+        with atomic_path(tmp_path / "model.safetensors") as tmp:  # a writer that makes its own file
+            tmp.unlink()
+            os.close(os.open(tmp, os.O_CREAT | os.O_WRONLY, 0o600))
     finally:
         os.umask(old)
     assert (tmp_path / "shared.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "model.safetensors").stat().st_mode & 0o777 == 0o644

@@ -29,9 +29,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, _default_file_mode())
     try:
         yield tmp_path
+        # after the writer: some (safetensors) write a new file of their own, readable by its owner only
+        os.chmod(tmp_path, _default_file_mode())
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
