@@ -201,3 +201,7 @@ def test_predict_usage_errors(inputs, checkpoint, tmp_path):
                                   str(tmp_path / "out")])
     assert result.exit_code == 2
     assert "no slides" in result.output
+    (tmp_path / "afile").touch()
+    result = runner.invoke(main, ["predict", str(inputs), "--model", str(checkpoint), "--out",
+                                  str(tmp_path / "afile" / "out")])
+    assert result.exit_code == 1 and "outputs cannot be written there" in result.output

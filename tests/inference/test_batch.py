@@ -76,15 +76,16 @@ def test_find_slides_expands_folders(tmp_path):
     (tmp_path / "dicom").mkdir()
     for name in ("x_1.dcm", "x_0.dcm"):
         (tmp_path / "dicom" / name).touch()
+    (tmp_path / "a.heatmap.tif").touch()  # our outputs, written beside the slides
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "a.heatmap.tif").touch()
     explicit = tmp_path / "explicit.raw"
     explicit.touch()
 
-    found = batch.find_slides([tmp_path, explicit, tmp_path / "b.svs"], exclude=[tmp_path / "out"])
+    found = batch.find_slides([tmp_path, explicit, tmp_path / "b.svs"])
     assert [p.name for p in found] == ["a.ome.tif", "b.svs", "c.NDPI", "explicit.raw"]
 
-    found = batch.find_slides([tmp_path], recursive=True, exclude=[tmp_path / "out"])
+    found = batch.find_slides([tmp_path], recursive=True)
     assert [p.relative_to(tmp_path).as_posix() for p in found] == [
         "a.ome.tif", "b.svs", "c.NDPI", "dicom/x_0.dcm"]
     assert batch.find_slides([tmp_path], extensions=["svs"]) == [tmp_path / "b.svs"]

@@ -90,7 +90,10 @@ def predict(
     from rich.console import Console
 
     import distributed  # configures its loggers on import, so import it before setting them
+    from napari_ssmamba.errors import SSMambaError
+    from napari_ssmamba.export import prepare_output_dir
     from napari_ssmamba.inference import batch
+    from napari_ssmamba.inference.predict import resolve_device
 
     if scheduler is not None and (n_workers is not None or worker_threads):
         raise click.UsageError("--workers and --worker-threads apply to the local cluster, "
@@ -108,7 +111,7 @@ def predict(
     }
     suffixes = batch.SLIDE_EXTENSIONS if extensions is None else tuple(
         e.strip() for e in extensions.split(",") if e.strip())
-    slides = batch.find_slides(inputs, suffixes, recursive=recursive, exclude=[out_dir])
+    slides = batch.find_slides(inputs, suffixes, recursive=recursive)
     if not slides:
         raise click.UsageError(f"no slides ({', '.join(suffixes)}) found in "
                                f"{', '.join(map(str, inputs))}")
@@ -117,6 +120,12 @@ def predict(
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     checkpoint = _check_checkpoint(checkpoint)
+    try:
+        prepare_output_dir(out_dir)
+        if scheduler is None:  # the local cluster's workers use this machine's devices
+            resolve_device(device)
+    except (OSError, SSMambaError) as exc:
+        raise click.ClickException(str(exc)) from exc
     record = batch.RunRecord(arguments, str(checkpoint.resolve()),
                              batch.model_card_sha256(checkpoint))
 

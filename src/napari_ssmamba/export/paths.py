@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 #: output kind -> file suffix; "run" (the run record) is written last
@@ -24,6 +25,24 @@ def slide_stem(slide_path: str | os.PathLike) -> str:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return Path(name).stem
+
+
+def prepare_output_dir(out_dir: str | os.PathLike) -> Path:
+    """Create ``out_dir`` and check that a file can be written in it, before any work is done.
+
+    Raises ``OSError`` naming the folder, the reason and the fix.
+    """
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as exc:
+        raise OSError(
+            f"{out_dir}: outputs cannot be written there ({exc.strerror or exc}); choose another "
+            "output folder."
+        ) from None
+    return out_dir
 
 
 def output_paths(out_dir: str | os.PathLike, stem: str) -> dict[str, Path]:

@@ -96,23 +96,23 @@ def find_slides(
     inputs: Iterable[str | os.PathLike],
     extensions: Sequence[str] = SLIDE_EXTENSIONS,
     recursive: bool = False,
-    exclude: Iterable[str | os.PathLike] = (),
 ) -> list[Path]:
     """Expand files and folders to slide files, in order, without duplicates.
 
     A file named on its own is taken whatever its extension. A folder gives its files whose name
-    ends with one of ``extensions`` (case-insensitive; hidden files left out), its subfolders too
-    when ``recursive``. The ``.dcm`` files of one folder are one DICOM slide, opened through the
-    first of them. Anything under a folder of ``exclude`` (the output folder) is left out.
+    ends with one of ``extensions`` (case-insensitive; hidden files and the heatmaps this package
+    writes, ``*.heatmap.tif``, left out), its subfolders too when ``recursive``. The ``.dcm`` files
+    of one folder are one DICOM slide, opened through the first of them.
     """
+    from napari_ssmamba.export.paths import OUTPUT_SUFFIXES
+
     suffixes = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
-    excluded = [Path(p).resolve() for p in exclude]
     slides: list[Path] = []
     seen: set[Path] = set()
 
     def add(path: Path) -> None:
         resolved = path.resolve()
-        if resolved not in seen and not any(resolved.is_relative_to(e) for e in excluded):
+        if resolved not in seen:
             seen.add(resolved)
             slides.append(path)
 
@@ -125,6 +125,8 @@ def find_slides(
         for path in candidates:
             name = path.name.lower()
             if name.startswith(".") or not path.is_file() or not name.endswith(suffixes):
+                continue
+            if name.endswith(OUTPUT_SUFFIXES["heatmap"]):
                 continue
             if name.endswith(".dcm"):
                 if path.parent in dicom_folders:
