@@ -91,8 +91,14 @@ def test_missing_mpp_is_a_clear_error_and_mpp_option_fixes_it(tmp_path, checkpoi
 
 def test_bad_options(tmp_path, checkpoint):
     runner = CliRunner()
-    result = runner.invoke(main, ["classify", str(SAMPLE), "--out", str(tmp_path), "--mpp", "x"])
-    assert result.exit_code == 2 and "--mpp" in result.output
+    for mpp in ("x", "nan", "inf", "0", "1000", "1e-9", "0.5,0.5,0.5"):
+        result = runner.invoke(main, ["classify", str(SAMPLE), "--out", str(tmp_path), "--mpp", mpp])
+        assert result.exit_code == 2 and "--mpp" in result.output, mpp
+    afile = tmp_path / "afile"
+    afile.touch()
+    result = runner.invoke(main, ["classify", str(SAMPLE), "--out", str(afile / "sub")])
+    assert result.exit_code == 1  # said before the model is loaded and the slide classified
+    assert "afile/sub: outputs cannot be written there" in result.output
     bad = tmp_path / "bad.geojson"
     bad.write_text("{not json")
     result = runner.invoke(

@@ -134,7 +134,18 @@ def test_run_slide_writes_complete_outputs(tmp_path, data_dir, small_model):
     )
     assert outputs_complete(tmp_path, "kidney-48-5")
     assert record["summary"]["tiles"] > 0
-    assert record["run_info"]["mpp_override"] == 2.0
+    assert record["run_info"]["mpp_if_missing"] == 2.0
+    assert record["slide"]["mpp_yx"] == [2.0, 2.0]
+    assert [roi["name"] for roi in record["summary"]["rois"]] == ["Tissue"]
+
+
+def test_run_slide_keeps_the_pixel_size_a_slide_records(tmp_path, data_dir, small_model):
+    model, card = small_model
+    rois = [shapely.box(700, 800, 1000, 1100)]
+    slide = data_dir / "slides" / "CMU-1-Small-Region.svs"
+    record = run_slide(slide, model, card, tmp_path, rois=rois, mpp=0.25, device="cpu")
+    assert record["slide"]["mpp_yx"] == pytest.approx([0.499, 0.499])
+    assert [roi["name"] for roi in record["summary"]["rois"]] == ["ROI 1"]  # as in the figure
 
 
 def test_multiplexed_slide_is_a_clear_error(data_dir, small_model):
@@ -146,3 +157,39 @@ def test_multiplexed_slide_is_a_clear_error(data_dir, small_model):
         pytest.raises(SlideError, match="small_vectra.qptiff.*RGB"),
     ):
         classify_slide(slide, model, card, device="cpu")
+
+
+def test_tiles_at_the_right_and_bottom_edges_are_on_the_maps(data_dir):
+    from napari_ssmamba.model import default_checkpoint, load_checkpoint
+    from napari_ssmamba.slide import open_slide
+
+    model, card = load_checkpoint(default_checkpoint())  # 224 px at 0.5 µm/px: 324 px cells
+    with open_slide(data_dir / "slides" / "OS-2-vsi.ome.tif") as slide:
+        result = classify_slide(slide, model, card, device="cpu")
+    x, y, w, h = result.tile_boxes_l0.T
+    width, height = result.slide_dimensions_wh
+    sticking_out = (x + w / 2 >= width) | (y + h / 2 >= height)  # their centres are off the slide
+    assert sticking_out.any()
+    assert (result.labels > 0).sum() == result.n_tiles  # one cell per tile: every tile shows
+
+
+def test_objects_that_are_not_rois_are_left_out_and_counted(data_dir, small_model):
+    from napari_ssmamba.annotations import Annotation
+    from napari_ssmamba.slide import open_slide
+
+    model, card = small_model
+    rois = [
+        Annotation(shapely.box(700, 800, 1000, 1100)),
+        Annotation(shapely.Point(5, 5)),
+        Annotation(shapely.box(0, 0, 50, 50), object_type="detection"),
+        Annotation(shapely.box(5000, 5000, 5100, 5100)),  # off the 2220 x 2967 px slide
+    ]
+    with (
+        open_slide(data_dir / "slides" / "CMU-1-Small-Region.svs") as slide,
+        pytest.warns(UserWarning) as warned,
+    ):
+        result = classify_slide(slide, model, card, rois=rois, device="cpu")
+    messages = [str(w.message) for w in warned]
+    assert any("1 points or lines, 1 detection objects left out" in m for m in messages)
+    assert any("1 of 2 ROIs lie wholly outside the slide" in m for m in messages)
+    assert len(result.rois) == 2

@@ -5,8 +5,10 @@ Subcommands are imported only when invoked, so ``ssmamba --help`` does not impor
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
+import warnings
 
 import click
 
@@ -20,6 +22,21 @@ SUBCOMMANDS = {
     "train": "train:train",
     "demo": "demo:demo",
 }
+
+
+@contextlib.contextmanager
+def warnings_shown_on(console):
+    """Show Python warnings as one ``warning: ...`` line on a rich ``console`` (above its
+    progress bar), without the file, line and source that Python prints."""
+
+    def show(message, *_):
+        console.print(
+            f"warning: {message}", markup=False, highlight=False, style="yellow", soft_wrap=True
+        )
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
 
 
 class LazyGroup(click.Group):

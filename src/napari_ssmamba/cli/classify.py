@@ -9,8 +9,12 @@ import click
 from napari_ssmamba.inference.jpeg_batches import DECODERS
 
 
+#: the µm per pixel ``--mpp`` accepts: beyond it, tiles are under a pixel or larger than any slide
+MPP_RANGE = (0.01, 100.0)
+
+
 class MppType(click.ParamType):
-    """µm per pixel: one number (square pixels) or ``Y,X``."""
+    """µm per pixel: one number (square pixels) or ``Y,X``, within ``MPP_RANGE``."""
 
     name = "MPP"
 
@@ -23,13 +27,19 @@ class MppType(click.ParamType):
             self.fail(f"{value!r} is not a number or a pair Y,X of numbers", param, ctx)
         if len(parts) == 1:
             parts = parts * 2
-        if len(parts) != 2 or min(parts) <= 0:
-            self.fail(f"{value!r}: give one positive number or Y,X", param, ctx)
+        low, high = MPP_RANGE
+        if len(parts) != 2 or not all(low <= part <= high for part in parts):  # NaN fails too
+            self.fail(
+                f"{value!r}: give µm per pixel from {low:g} to {high:g}, one number or Y,X "
+                "(whole-slide scans are 0.1-1 µm/px)",
+                param,
+                ctx,
+            )
         return tuple(parts)
 
 
 @click.command()
-@click.argument("slide", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("slide", type=click.Path(exists=True, path_type=Path))
 @click.option(
     "--roi",
     "roi_path",
@@ -120,11 +130,14 @@ def run_classify(
     """Load the model, run the pipeline with a progress bar; our errors become ClickExceptions."""
     from rich.progress import Progress
 
+    from napari_ssmamba.cli import warnings_shown_on
     from napari_ssmamba.errors import SSMambaError
+    from napari_ssmamba.export import prepare_output_dir
     from napari_ssmamba.inference import run_slide
     from napari_ssmamba.model import default_checkpoint, load_checkpoint
 
     try:
+        prepare_output_dir(out_dir)
         checkpoint = checkpoint or default_checkpoint()
         model, card = load_checkpoint(checkpoint, device="cpu")
         if card.untrained:
@@ -133,7 +146,7 @@ def run_classify(
                 fg="yellow",
                 err=True,
             )
-        with Progress(transient=True) as bar:
+        with Progress(transient=True) as bar, warnings_shown_on(bar.console):
             task = bar.add_task("classifying", total=None)
 
             def progress(done: int, total: int, message: str = "") -> None:
@@ -164,10 +177,9 @@ def print_record(record: dict, out_dir: Path) -> None:
         f"{summary['tiles']} tiles classified, {summary['background_tiles']} background "
         "tiles skipped"
     )
-    for index, roi in enumerate(summary["rois"], start=1):
-        name = roi["name"] or f"ROI {index}"
+    for roi in summary["rois"]:
         verdict = f"{roi['class']} ({roi['confidence']:.2f})" if roi["class"] else "no tissue"
-        click.echo(f"  {name}: {verdict}, {roi['n_tiles']} tiles")
+        click.echo(f"  {roi['name']}: {verdict}, {roi['n_tiles']} tiles")
     if record["model"]["untrained"]:
         click.secho("  (untrained model: these classes are not a result)", fg="yellow")
     from napari_ssmamba.export import output_paths, slide_stem

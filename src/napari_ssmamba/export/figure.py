@@ -32,16 +32,16 @@ def render_figure(result, thumbnail: np.ndarray, legend_width: int = 220):
     sx, sy = tw / width, th / height
 
     rgba, cell = render_heatmap_rgba(result)
-    full_w = round(rgba.shape[1] * cell * sx)
-    full_h = round(rgba.shape[0] * cell * sy)
-    overlay = Image.fromarray(rgba, "RGBA").resize((max(full_w, 1), max(full_h, 1)), Image.NEAREST)
-    overlay = overlay.crop((0, 0, tw, th))
-    alpha = np.asarray(overlay)[..., 3:4].astype(np.float32) / 255.0 * HEATMAP_ALPHA
-    blended = np.asarray(thumb, np.float32) * (1 - alpha) + np.asarray(overlay)[..., :3] * alpha
-    canvas = Image.new("RGB", (tw + legend_width, max(th, 200)), "white")
-    canvas.paste(Image.fromarray(blended.round().astype(np.uint8)), (0, 0))
-    draw = ImageDraw.Draw(canvas)
-
+    # the cell under each thumbnail pixel's centre (a transparent one past the grid): the overlay
+    # never grows beyond the thumbnail, however large the cells
+    rgba = np.pad(rgba, ((0, 1), (0, 1), (0, 0)))
+    rows = np.minimum(((np.arange(th) + 0.5) / sy // cell).astype(np.int64), rgba.shape[0] - 1)
+    cols = np.minimum(((np.arange(tw) + 0.5) / sx // cell).astype(np.int64), rgba.shape[1] - 1)
+    overlay = rgba[rows[:, None], cols[None, :]]
+    alpha = overlay[..., 3:4].astype(np.float32) / 255.0 * HEATMAP_ALPHA
+    blended = np.asarray(thumb, np.float32) * (1 - alpha) + overlay[..., :3] * alpha
+    picture = Image.fromarray(blended.round().astype(np.uint8))
+    outlines = ImageDraw.Draw(picture)  # drawn on the slide's picture: clipped to it
     for roi in result.rois:
         color = result.class_colors[roi.class_index] if roi.class_index is not None else (0, 0, 0)
         for polygon in getattr(roi.geometry, "geoms", [roi.geometry]):
@@ -49,7 +49,10 @@ def render_figure(result, thumbnail: np.ndarray, legend_width: int = 220):
                 continue
             for ring in [polygon.exterior, *polygon.interiors]:
                 xy = [(x * sx, y * sy) for x, y in ring.coords]
-                draw.line(xy, fill=tuple(color), width=2)
+                outlines.line(xy, fill=tuple(color), width=2)
+    canvas = Image.new("RGB", (tw + legend_width, max(th, 200)), "white")
+    canvas.paste(picture, (0, 0))
+    draw = ImageDraw.Draw(canvas)
 
     font, small = _font(14), _font(12)
     x0, y = tw + 12, 12
@@ -61,7 +64,7 @@ def render_figure(result, thumbnail: np.ndarray, legend_width: int = 220):
         y += 20
     y += 8
     for roi_index, roi in enumerate(result.rois[:12]):
-        label = "Tissue" if result.whole_tissue else f"ROI {roi_index + 1}"
+        label = result.roi_label(roi_index)
         text = (
             f"{label}: {roi.class_name} ({roi.confidence:.2f})"
             if roi.class_name

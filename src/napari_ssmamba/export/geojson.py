@@ -30,10 +30,9 @@ def result_annotations(result, tiles: bool = True) -> list:
             n_background_tiles=int(roi.n_background_tiles),
         )
         source = roi.annotation if hasattr(roi.annotation, "geometry") else None
-        fields = {}
+        fields = {"name": result.roi_label(index)}
         if source is not None:
-            fields = {"id": source.id, "name": source.name, "is_ellipse": source.is_ellipse}
-        fields.setdefault("name", "Tissue" if result.whole_tissue else f"ROI {index + 1}")
+            fields |= {"id": source.id, "is_ellipse": source.is_ellipse}
         out.append(
             Annotation(
                 geometry=roi.geometry,

@@ -110,14 +110,14 @@ def run_record(result, outputs: dict[str, Path], run_info: dict | None = None) -
             "mean_probabilities": {c: float(p) for c, p in zip(result.class_names, mean_probs)},
             "rois": [
                 {
-                    "name": getattr(roi.annotation, "name", None),
+                    "name": result.roi_label(index),
                     "class": roi.class_name,
                     "confidence": roi.confidence,
                     "n_tiles": roi.n_tiles,
                     "n_background_tiles": roi.n_background_tiles,
                     "probabilities": dict(zip(result.class_names, roi.probabilities.tolist())),
                 }
-                for roi in result.rois
+                for index, roi in enumerate(result.rois)
             ],
         },
         "run_info": run_info or {},

@@ -474,7 +474,7 @@ class ClassifyWidget(QWidget):
         for row_id in ids:
             index, roi = by_id.get(row_id, (None, None))
             labels.append(
-                "" if roi is None else f"{_roi_name(index, roi)}: {_verdict(roi, result)}"
+                "" if roi is None else f"{result.roi_label(index)}: {_verdict(roi, result)}"
             )
             if roi is None or roi.class_index is None:
                 classes.append("")
@@ -549,15 +549,10 @@ def _legend_html(result) -> str:
     ]
     rois = []
     for index, roi in enumerate(result.rois[:20]):
-        label = "Tissue" if result.whole_tissue else _roi_name(index, roi)
+        label = result.roi_label(index)
         tiles = f"{roi.n_tiles} tile{'' if roi.n_tiles == 1 else 's'}"
         rois.append(f"{label}: <b>{_verdict(roi, result)}</b>, {tiles}")
     return "<b>Classes</b><br>" + "<br>".join(rows) + "<br><br>" + "<br>".join(rois)
-
-
-def _roi_name(index: int, roi) -> str:
-    """The ROI's name, or its number in the run: the same on the canvas and in the legend."""
-    return getattr(roi.annotation, "name", None) or f"ROI {index + 1}"
 
 
 def _verdict(roi, result) -> str:

@@ -6,8 +6,10 @@ tile inside the ROI times its tissue fraction; the class is the argmax of that m
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import time
+import warnings
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,7 +152,8 @@ def classify_slide(
     decoder: str = "auto",
     cuda_graphs: bool = True,
 ) -> ClassificationResult:
-    """Classify ``rois`` (Annotations or shapely geometries in level-0 px; None: the whole tissue).
+    """Classify ``rois`` (Annotations or shapely geometries in level-0 px, or a QuPath GeoJSON
+    path, kept as :func:`load_rois` says; None: the whole tissue).
 
     ``stride`` is in model pixels (default: the tile size, no overlap). ``progress`` and ``cancel``
     follow :mod:`napari_ssmamba.progress`. With a ``cache``, ROIs seen before with the same model and
@@ -160,6 +163,8 @@ def classify_slide(
     :func:`~napari_ssmamba.inference.jpeg_batches.tile_reader_for`). On CUDA the model runs from
     CUDA graphs unless ``cuda_graphs`` is False.
     """
+    import shapely
+
     from napari_ssmamba.inference.jpeg_batches import JpegBatchReader, tile_reader_for
     from napari_ssmamba.inference.predict import predict_tiles, resolve_device
     from napari_ssmamba.inference.tissue import detect_tissue
@@ -178,8 +183,17 @@ def classify_slide(
     timings["tissue_s"] = time.perf_counter() - start
 
     whole_tissue = rois is None
-    roi_list = [] if whole_tissue else list(rois)
+    roi_list = [] if whole_tissue else load_rois(rois)
     geometries = [_as_geometry(r) for r in roi_list]
+    on_slide = shapely.box(0, 0, *slide_wh)
+    outside = sum(not g.intersects(on_slide) for g in geometries)
+    if outside:
+        warnings.warn(
+            f"{getattr(slide, 'path', 'the slide')}: {outside} of {len(geometries)} ROIs lie "
+            f"wholly outside the slide ({slide_wh[0]} x {slide_wh[1]} px); were they drawn on "
+            "another image?",
+            stacklevel=2,
+        )
     params_key = f"{slide_key}|{geometry}|{min_roi_fraction}|{min_tissue_fraction}|{attention}"
     model_key = cache.fingerprint(model, card) if cache is not None and not whole_tissue else ""
     keys = [
@@ -377,9 +391,11 @@ def _assemble(
 
 
 def _cells_shown(grid: Grid, slide_wh, regions) -> np.ndarray:
-    """Cells whose centres lie on the slide and, when ``regions`` are given, inside one of them."""
+    """Cells that start on the slide (a tile at its right or bottom edge sticks out) and, when
+    ``regions`` are given, whose centres lie inside one of them."""
     ys, xs = grid.cell_centres_l0()
-    shown = (xs < slide_wh[0]) & (ys < slide_wh[1])
+    half = grid.cell_l0 / 2
+    shown = (xs - half < slide_wh[0]) & (ys - half < slide_wh[1])
     if regions is not None:
         shown &= cells_inside(grid, regions)
     return shown
@@ -388,20 +404,32 @@ def _cells_shown(grid: Grid, slide_wh, regions) -> np.ndarray:
 def load_rois(rois):
     """ROIs from a GeoJSON path, a list of Annotations/geometries, or None (whole tissue).
 
-    From a file, only annotations with an area are kept (points and lines cannot be tiled).
+    Only annotations with an area are ROIs: QuPath detections (cells, tiles, TMA cores), points
+    and lines are left out, with a warning that counts them.
     """
     if rois is None:
         return None
+    source = "the ROIs"
     if isinstance(rois, (str, Path)):
         from napari_ssmamba.annotations import read_geojson
 
-        annotations = read_geojson(rois)
-        return [
-            a
-            for a in annotations
-            if getattr(a, "object_type", "annotation") == "annotation" and a.geometry.area > 0
-        ]
-    return list(rois)
+        rois, source = read_geojson(rois), str(rois)
+    kept, left_out = [], collections.Counter()
+    for roi in rois:
+        kind = getattr(roi, "object_type", "annotation")
+        if kind != "annotation":
+            left_out[f"{kind} objects"] += 1
+        elif not _as_geometry(roi).area > 0:
+            left_out["points or lines"] += 1
+        else:
+            kept.append(roi)
+    if left_out:
+        counts = ", ".join(f"{n} {what}" for what, n in left_out.items())
+        warnings.warn(
+            f"{source}: {counts} left out; only annotations with an area are classified.",
+            stacklevel=2,
+        )
+    return kept
 
 
 def run_slide(
@@ -422,7 +450,8 @@ def run_slide(
 ) -> dict:
     """Open ``slide_path``, classify (whole tissue when no ROIs), write the exports; return the run record.
 
-    ``rois`` is None, a list of Annotations or geometries, or a QuPath GeoJSON path. Outputs are
+    ``rois`` is None, a list of Annotations or geometries, or a QuPath GeoJSON path. ``mpp`` (µm
+    per pixel, one number or (y, x)) is used only when the slide records none. Outputs are
     written by :func:`napari_ssmamba.export.write_outputs`; the run record is written last. The
     exports hold no attention map, so it is not computed unless ``attention`` is set. ``decoder``
     is passed to :func:`classify_slide`.
@@ -432,15 +461,17 @@ def run_slide(
 
     from napari_ssmamba.export import output_paths, write_outputs
     from napari_ssmamba.slide import open_slide
+    from napari_ssmamba.slide.slide import normalize_mpp
 
     started = datetime.datetime.now(datetime.timezone.utc).isoformat()
-    roi_list = load_rois(rois)
-    with open_slide(slide_path, mpp=mpp) as slide:
+    with open_slide(slide_path) as slide:
+        if slide.mpp is None and mpp is not None:
+            slide.mpp = normalize_mpp(mpp)
         result = classify_slide(
             slide,
             model,
             card,
-            rois=roi_list,
+            rois=rois,
             stride=stride,
             device=device,
             batch_size=batch_size,
@@ -452,7 +483,7 @@ def run_slide(
         info = {
             "slide": str(Path(slide_path)),
             "roi_file": str(rois) if isinstance(rois, (str, Path)) else None,
-            "mpp_override": list(mpp) if isinstance(mpp, (tuple, list)) else mpp,
+            "mpp_if_missing": list(mpp) if isinstance(mpp, (tuple, list)) else mpp,
             "started": started,
         }
         info.update(run_info or {})

@@ -113,6 +113,13 @@ class ClassificationResult:
     def n_background_tiles(self) -> int:
         return int(sum(r.n_background_tiles for r in self.rois))
 
+    def roi_label(self, index: int) -> str:
+        """What ROI ``index`` is called in the legend, the figure and the exports: ``"Tissue"``
+        for the whole tissue, else the annotation's name, else ``"ROI <index + 1>"``."""
+        if self.whole_tissue:
+            return "Tissue"
+        return getattr(self.rois[index].annotation, "name", None) or f"ROI {index + 1}"
+
     @property
     def stem(self) -> str:
         """File stem of outputs: the slide's file name without its (possibly double) extension."""
