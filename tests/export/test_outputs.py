@@ -17,7 +17,12 @@ def roi_result(small_model, sample_slide_path):
 
     model, card = small_model
     rois = [
-        Annotation(shapely.box(700, 700, 1500, 1500), name="square"),
+        Annotation(
+            shapely.box(700, 700, 1500, 1500),
+            name="square",
+            class_name="Necrosis",  # the pathologist's label
+            measurements={"Area µm^2": 159201.0},
+        ),
         Annotation(shapely.Point(1400, 2300).buffer(350), name="disc", is_ellipse=True),
     ]
     with open_slide(sample_slide_path) as slide:
@@ -78,6 +83,10 @@ def test_geojson_reads_back(written, roi_result):
     tiles = [o for o in objects if o.object_type == "detection"]
     assert [r.name for r in rois] == ["square", "disc"]
     assert rois[1].is_ellipse
+    # the square's own class and measurement are kept beside the prediction
+    assert rois[0].extra_properties["metadata"] == {"input_class": "Necrosis"}
+    assert rois[0].measurements["Area µm^2"] == 159201.0
+    assert "metadata" not in rois[1].extra_properties
     for roi, expected in zip(rois, result.rois):
         assert roi.class_name == expected.class_name
         assert roi.color == result.class_colors[expected.class_index]

@@ -1,7 +1,9 @@
 """Results as QuPath objects: ROIs as classified annotations, tiles as detections.
 
 ROI measurements: ``prob_<class>`` (the ROI's tissue-weighted mean probability), ``confidence``,
-``n_tiles`` and ``n_background_tiles``. Tile measurements: ``prob_<class>`` and ``tissue_fraction``.
+``n_tiles`` and ``n_background_tiles``, beside the ROI's own. An ROI that had a class keeps it in
+QuPath's object metadata as ``input_class``, since its classification becomes the predicted class.
+Tile measurements: ``prob_<class>`` and ``tissue_fraction``.
 """
 
 from __future__ import annotations
@@ -10,6 +12,16 @@ import os
 from pathlib import Path
 
 import numpy as np
+
+
+def _properties_kept(source) -> dict:
+    """The ROI's own extra properties, with its class (if any) in QuPath's object metadata."""
+    properties = dict(source.extra_properties)
+    if source.class_name:
+        metadata = properties.get("metadata")
+        metadata = dict(metadata) if isinstance(metadata, dict) else {}
+        properties["metadata"] = metadata | {"input_class": source.class_name}
+    return properties
 
 
 def result_annotations(result, tiles: bool = True) -> list:
@@ -32,7 +44,13 @@ def result_annotations(result, tiles: bool = True) -> list:
         source = roi.annotation if hasattr(roi.annotation, "geometry") else None
         fields = {"name": result.roi_label(index)}
         if source is not None:
-            fields |= {"id": source.id, "is_ellipse": source.is_ellipse}
+            fields |= {
+                "id": source.id,
+                "is_ellipse": source.is_ellipse,
+                "locked": source.locked,
+                "extra_properties": _properties_kept(source),
+            }
+            measurements = source.measurements | measurements
         out.append(
             Annotation(
                 geometry=roi.geometry,
