@@ -289,4 +289,7 @@ def test_a_cuda_device_torch_cannot_reach_is_named_with_the_fix():
     missing = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU, or "cuda:0" on a CPU
     with pytest.raises(BackendUnavailableError, match=f"'{missing}' was asked for.*Choose 'cpu'"):
         resolve_device(missing)
+    for other in ("mps", "bogus"):
+        with pytest.raises(BackendUnavailableError, match=f"'{other}': SSMamba runs on 'cpu' or"):
+            resolve_device(other)
     assert resolve_device("cpu").type == "cpu"

@@ -264,7 +264,7 @@ def classify_slide(
         "level_downsample": geometry.level_downsample,
         "min_roi_fraction": min_roi_fraction,
         "min_tissue_fraction": min_tissue_fraction,
-        "device": str(device),
+        "device": str(torch_device),  # what "auto" became
         "batch_size": predictions.batch_size,
         "tile_decoder": reader.decoder if batched else "cpu",
         "cuda_graphs": predictions.cuda_graphs,

@@ -63,13 +63,22 @@ class TilePredictions:
 def resolve_device(device: str = "auto"):
     """``"auto"`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``.
 
-    Raises :class:`BackendUnavailableError` for a CUDA device this torch cannot reach.
+    Raises :class:`BackendUnavailableError` for a CUDA device this torch cannot reach, and for any
+    other kind of device.
     """
     import torch
 
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        resolved = None
+    if resolved is None or resolved.type not in ("cpu", "cuda"):
+        raise BackendUnavailableError(
+            f"device {device!r}: SSMamba runs on 'cpu' or 'cuda' ('cuda:N' for GPU N); choose "
+            "one of those, or 'auto'."
+        )
     if resolved.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if (resolved.index or 0) >= count:
