@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_ssmamba.errors import MissingSourceError, TrainingDataError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 UNLABELLED = -1
 
@@ -104,7 +106,10 @@ class TileSet:
         class_names = list(class_names)
         missing = sorted(set(self.class_names) - set(class_names))
         if missing:
-            raise ValueError(f"classes {missing} are not among the model's classes {class_names}")
+            raise TrainingDataError(
+                f"classes {missing} are not among the model's classes {class_names}; "
+                "leave their tiles out or train a model that has them"
+            )
         lookup = np.array([class_names.index(n) for n in self.class_names] + [UNLABELLED])
         return replace(self, class_names=class_names, labels=lookup[self.labels])
 
@@ -144,12 +149,19 @@ class TileSet:
         )
 
 
-def split_tiles(tiles: TileSet, val_fraction: float = 0.2, *, by: str = "group", seed: int = 0,
-                stratify: bool = True) -> tuple[TileSet, TileSet]:
+def split_tiles(
+    tiles: TileSet,
+    val_fraction: float = 0.2,
+    *,
+    by: str = "group",
+    seed: int = 0,
+    stratify: bool = True,
+) -> tuple[TileSet, TileSet]:
     """Split into (train, validation) by whole groups (``by="group"``) or source files (``"source"``).
 
-    With ``stratify``, groups are drawn per majority class so that every class with at least two
-    groups keeps one in each part. No group ever has tiles on both sides.
+    With ``stratify``, groups are drawn per majority class, and then moved where needed, so that
+    every class with at least two groups keeps one in each part; a class of one group stays in
+    training. No group ever has tiles on both sides.
     """
     keys = tiles.groups if by == "group" else tiles.sources
     if by not in ("group", "source"):
@@ -160,7 +172,9 @@ def split_tiles(tiles: TileSet, val_fraction: float = 0.2, *, by: str = "group",
         majority = {}
         for key in unique:
             labels = tiles.labels[keys == key]
-            majority[key] = int(np.bincount(labels[labels >= 0]).argmax()) if (labels >= 0).any() else -1
+            majority[key] = (
+                int(np.bincount(labels[labels >= 0]).argmax()) if (labels >= 0).any() else -1
+            )
         strata = [[k for k in unique if majority[k] == c] for c in sorted(set(majority.values()))]
     else:
         strata = [list(unique)]
@@ -169,15 +183,45 @@ def split_tiles(tiles: TileSet, val_fraction: float = 0.2, *, by: str = "group",
         members = list(members)
         rng.shuffle(members)
         n_val = int(round(val_fraction * len(members)))
-        if len(members) >= 2:
-            n_val = min(max(n_val, 1), len(members) - 1)
-        val_keys.update(members[:n_val])
+        val_keys.update(members[: min(max(n_val, 1), len(members) - 1)])
+    if stratify:
+        val_keys = _spread_mixed_groups(tiles.labels, keys, val_keys, rng)
     is_val = np.isin(keys, list(val_keys))
     return tiles.subset(np.flatnonzero(~is_val)), tiles.subset(np.flatnonzero(is_val))
 
 
-def tiles_from_folder(root: str | Path, *, tile_size: int, class_names: Sequence[str] | None = None,
-                      class_map: dict[str, str] | None = None, mpp: float | None = None) -> TileSet:
+def _spread_mixed_groups(labels: np.ndarray, keys: np.ndarray, val_keys: set, rng) -> set:
+    """Move groups so that each class with two or more groups has one in each part.
+
+    Drawing by majority class does this for groups of one class; a class that is no group's
+    majority can still land on one side. A group moves only if no class loses its last group on
+    the side the group leaves (a class of one group keeps it in training).
+    """
+    labelled = labels >= 0
+    holders = [set(np.unique(keys[labelled & (labels == c)])) for c in np.unique(labels[labelled])]
+    all_keys = set(np.unique(keys))
+    for own in sorted(holders, key=len):
+        for to_val in (True, False):
+            if len(own) < 2 or (own & val_keys if to_val else own - val_keys):
+                continue
+            leaving = all_keys - val_keys if to_val else val_keys
+            for key in rng.permutation(sorted(own)):
+                if not any(
+                    h & leaving == {key} and (to_val or len(h) > 1) for h in holders if key in h
+                ):
+                    val_keys = val_keys | {key} if to_val else val_keys - {key}
+                    break
+    return val_keys
+
+
+def tiles_from_folder(
+    root: str | Path,
+    *,
+    tile_size: int,
+    class_names: Sequence[str] | None = None,
+    class_map: dict[str, str] | None = None,
+    mpp: float | None = None,
+) -> TileSet:
     """A one-folder-per-class data set (NCT-CRC-HE-100K, BACH, MHIST, PCam exported as images).
 
     Class names are the folder names (sorted), or ``class_map[folder]`` when given (folders
@@ -185,7 +229,9 @@ def tiles_from_folder(root: str | Path, *, tile_size: int, class_names: Sequence
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: not a folder; give a folder with one sub-folder per class")
+        raise MissingSourceError(
+            f"{root}: not a folder; give a folder with one sub-folder per class"
+        )
     items, labels, names = [], [], list(class_names or [])
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         name = class_map.get(folder.name, folder.name) if class_map else folder.name
@@ -200,7 +246,9 @@ def tiles_from_folder(root: str | Path, *, tile_size: int, class_names: Sequence
                 items.append(path)
                 labels.append(names.index(name))
     if not items:
-        raise FileNotFoundError(f"{root}: no images in class sub-folders ({', '.join(IMAGE_SUFFIXES)})")
+        raise FileNotFoundError(
+            f"{root}: no images in class sub-folders ({', '.join(IMAGE_SUFFIXES)})"
+        )
     files = np.array([str(p.relative_to(root)) for p in items])
     return TileSet(
         class_names=names,
@@ -236,17 +284,32 @@ def _box_reader(image):
     return read
 
 
-def cut_tiles(image, *, source: str, source_mpp: float, tile_size: int, mpps: Sequence[float],
-              regions: Sequence[tuple] | None = None, class_names: Sequence[str] = (),
-              stride_fraction: float = 1.0, min_coverage: float = 0.5, min_tissue: float = 0.0,
-              max_tissue: float = 1.0, max_tiles_per_region: int | None = None,
-              blocks: int = 1, seed: int = 0) -> TileSet:
+def cut_tiles(
+    image,
+    *,
+    source: str,
+    source_mpp: float,
+    tile_size: int,
+    mpps: Sequence[float],
+    regions: Sequence[tuple] | None = None,
+    class_names: Sequence[str] = (),
+    stride_fraction: float = 1.0,
+    min_coverage: float = 0.5,
+    min_tissue: float = 0.0,
+    max_tissue: float = 1.0,
+    max_tiles_per_region: int | None = None,
+    blocks: int = 1,
+    seed: int = 0,
+) -> TileSet:
     """Cut tiles of ``tile_size`` px at each of ``mpps`` from a slide or an image array.
 
     ``regions`` is a list of (shapely geometry in level-0 px, class name, group id); without it
-    the whole image is one unlabelled region, split into ``blocks`` x ``blocks`` groups. A tile is
-    kept when the region covers ``min_coverage`` of it and its tissue fraction lies in
-    [``min_tissue``, ``max_tissue``]. ``max_tiles_per_region`` samples that many per region and MPP.
+    the whole image is one unlabelled region, split into ``blocks`` x ``blocks`` groups: a split
+    by region, so that neighbouring tiles stay on one side. An image too small for that many
+    blocks that each hold a tile (at the finest of ``mpps``) gets as many as do, down to one
+    block for an image of one tile. A tile is kept when the region covers ``min_coverage`` of it
+    and its tissue fraction lies in [``min_tissue``, ``max_tissue``]. ``max_tiles_per_region``
+    samples that many per region and MPP.
     """
     from shapely.geometry import box
 
@@ -255,11 +318,17 @@ def cut_tiles(image, *, source: str, source_mpp: float, tile_size: int, mpps: Se
     else:
         width, height = image.dimensions
     if regions is None:
+        finest = min(tile_size * mpp / source_mpp for mpp in mpps)
+        blocks = max(1, min(blocks, int(min(width, height) // finest)))
         step_x, step_y = width / blocks, height / blocks
         regions = [
-            (box(bx * step_x, by * step_y, (bx + 1) * step_x, (by + 1) * step_y), None,
-             f"{source}#block{by * blocks + bx}")
-            for by in range(blocks) for bx in range(blocks)
+            (
+                box(bx * step_x, by * step_y, (bx + 1) * step_x, (by + 1) * step_y),
+                None,
+                f"{source}#block{by * blocks + bx}",
+            )
+            for by in range(blocks)
+            for bx in range(blocks)
         ]
     class_names = list(class_names)
     read = _box_reader(image)
@@ -274,11 +343,16 @@ def cut_tiles(image, *, source: str, source_mpp: float, tile_size: int, mpps: Se
             minx, miny, maxx, maxy = geometry.bounds
             bounds = (max(minx, 0), max(miny, 0), min(maxx, width), min(maxy, height))
             boxes = [
-                (x, y) for x, y in _grid(bounds, size, size * stride_fraction)
-                if geometry.intersection(box(x, y, x + size, y + size)).area >= min_coverage * size * size
+                (x, y)
+                for x, y in _grid(bounds, size, size * stride_fraction)
+                if geometry.intersection(box(x, y, x + size, y + size)).area
+                >= min_coverage * size * size
             ]
             if max_tiles_per_region is not None and len(boxes) > max_tiles_per_region:
-                boxes = [boxes[i] for i in sorted(rng.choice(len(boxes), max_tiles_per_region, replace=False))]
+                boxes = [
+                    boxes[i]
+                    for i in sorted(rng.choice(len(boxes), max_tiles_per_region, replace=False))
+                ]
             for x, y in boxes:
                 tile = read(x, y, size, tile_size)
                 if min_tissue <= tissue_fraction(tile) <= max_tissue:
@@ -297,9 +371,16 @@ def cut_tiles(image, *, source: str, source_mpp: float, tile_size: int, mpps: Se
     )
 
 
-def tiles_from_slide(slide, annotations=None, *, tile_size: int, mpps: Sequence[float] = (0.5,),
-                     class_names: Sequence[str] | None = None, split_by: str = "region",
-                     **kwargs) -> TileSet:
+def tiles_from_slide(
+    slide,
+    annotations=None,
+    *,
+    tile_size: int,
+    mpps: Sequence[float] = (0.5,),
+    class_names: Sequence[str] | None = None,
+    split_by: str = "region",
+    **kwargs,
+) -> TileSet:
     """Tiles from a slide (a path or an open Slide) inside labelled regions, at one or several MPPs.
 
     ``annotations`` is a list of ``Annotation`` (or a QuPath GeoJSON path); only polygons with a
@@ -314,37 +395,137 @@ def tiles_from_slide(slide, annotations=None, *, tile_size: int, mpps: Sequence[
     if slide.mpp is None:
         from napari_ssmamba.errors import SlideError
 
-        raise SlideError(f"{slide.path}: no MPP; open it with open_slide(path, mpp=(y, x)) to sample tiles")
+        raise SlideError(
+            f"{slide.path}: no MPP; open it with open_slide(path, mpp=(y, x)) to sample tiles"
+        )
     source = Path(slide.path).name
     source_mpp = float(np.mean(slide.mpp))
     if annotations is None:
         kwargs.setdefault("min_tissue", 0.3)
-        return cut_tiles(slide, source=source, source_mpp=source_mpp, tile_size=tile_size, mpps=mpps,
-                         **kwargs)
+        tiles = cut_tiles(
+            slide, source=source, source_mpp=source_mpp, tile_size=tile_size, mpps=mpps, **kwargs
+        )
+        if not len(tiles):
+            width, height = slide.dimensions
+            raise _no_tile_error(slide.path, width, height, source_mpp, tile_size, mpps, **kwargs)
+        return tiles
+    where = annotations if isinstance(annotations, (str, Path)) else slide.path
     if isinstance(annotations, (str, Path)):
         from napari_ssmamba.annotations import read_geojson
 
         annotations = read_geojson(annotations)
-    polygons = [a for a in annotations if a.class_name and a.geometry.geom_type in ("Polygon", "MultiPolygon")]
-    names = list(class_names) if class_names is not None else sorted({a.class_name for a in polygons})
+    polygons = [
+        a
+        for a in annotations
+        if a.class_name and a.geometry.geom_type in ("Polygon", "MultiPolygon")
+    ]
+    names = (
+        list(class_names) if class_names is not None else sorted({a.class_name for a in polygons})
+    )
     regions = [
         (a.geometry, a.class_name, source if split_by == "slide" else f"{source}#{a.id}")
-        for a in polygons if a.class_name in names
+        for a in polygons
+        if a.class_name in names
     ]
-    return cut_tiles(slide, source=source, source_mpp=source_mpp, tile_size=tile_size, mpps=mpps,
-                     regions=regions, class_names=names, **kwargs)
+    if not regions:
+        raise TrainingDataError(
+            f"{where}: no polygon with a class among {names}; draw regions and give them a class"
+        )
+    tiles = cut_tiles(
+        slide,
+        source=source,
+        source_mpp=source_mpp,
+        tile_size=tile_size,
+        mpps=mpps,
+        regions=regions,
+        class_names=names,
+        **kwargs,
+    )
+    counts = tiles.class_counts()
+    empty = [name for name in dict.fromkeys(r[1] for r in regions) if not counts[name]]
+    if empty:
+        largest = {}  # per class, the region extent with the longest short side
+        for geometry, name, _ in regions:
+            minx, miny, maxx, maxy = geometry.bounds
+            largest[name] = max(largest.get(name, (0, 0)), (maxx - minx, maxy - miny), key=min)
+        spans = ", ".join(
+            f"{n!r} (largest {largest[n][0]:.0f} x {largest[n][1]:.0f} px)" for n in empty
+        )
+        tile, side = _tile_phrase(tile_size, mpps, source_mpp)
+        raise TrainingDataError(
+            f"{slide.path}: the regions of class {spans} give no {tile}; a tile covers "
+            f"{side} x {side} px at {source_mpp:g} µm/px, {kwargs.get('min_coverage', 0.5):.0%} "
+            "of it inside a region: draw larger regions or use a smaller tile size or MPP"
+        )
+    return tiles
 
 
-def tiles_from_image(path: str | Path, class_name: str | None = None, *, source_mpp: float,
-                     tile_size: int, mpps: Sequence[float] = (0.5,), blocks: int = 2,
-                     **kwargs) -> TileSet:
-    """Tiles from a plain image file (PNG/TIFF region) of one class, split into blocks x blocks groups."""
+def _tile_phrase(tile_size: int, mpps: Sequence[float], source_mpp: float) -> tuple[str, int]:
+    """("224 px tile at 0.5 µm/px", source px across the smallest of those tiles), for messages."""
+    at = ", ".join(f"{mpp:g}" for mpp in mpps)
+    return f"{tile_size} px tile at {at} µm/px", math.ceil(min(mpps) * tile_size / source_mpp)
+
+
+def _no_tile_error(
+    path,
+    width: int,
+    height: int,
+    source_mpp: float,
+    tile_size: int,
+    mpps: Sequence[float],
+    *,
+    min_tissue: float = 0.0,
+    max_tissue: float = 1.0,
+    **_cut_options,
+) -> TrainingDataError:
+    """Why a whole image or slide of ``width`` x ``height`` px gives no tile, and the fix."""
+    tile, side = _tile_phrase(tile_size, mpps, source_mpp)
+    if side > min(width, height):
+        return TrainingDataError(
+            f"{path} gives no {tile}: it is {width} x {height} px at {source_mpp:g} µm/px and a "
+            f"tile needs {side} x {side} px; use a smaller tile size or MPP, or a larger image"
+        )
+    return TrainingDataError(
+        f"{path} gives no {tile}: no tile has a tissue fraction in [{min_tissue:g}, "
+        f"{max_tissue:g}]; widen min_tissue / max_tissue of this source"
+    )
+
+
+def tiles_from_image(
+    path: str | Path,
+    class_name: str | None = None,
+    *,
+    source_mpp: float,
+    tile_size: int,
+    mpps: Sequence[float] = (0.5,),
+    blocks: int = 2,
+    **kwargs,
+) -> TileSet:
+    """Tiles from a plain image file (PNG/TIFF region) of one class, split into blocks x blocks groups.
+
+    An image too small for them gets fewer blocks (see :func:`cut_tiles`); one that gives no tile
+    at all raises :class:`TrainingDataError`.
+    """
     path = Path(path)
+    if not path.is_file():
+        raise MissingSourceError(f"{path}: no such image; correct the path of this data source")
     image = read_image(path)
-    tiles = cut_tiles(image, source=path.name, source_mpp=source_mpp, tile_size=tile_size, mpps=mpps,
-                      blocks=blocks, **kwargs)
+    tiles = cut_tiles(
+        image,
+        source=path.name,
+        source_mpp=source_mpp,
+        tile_size=tile_size,
+        mpps=mpps,
+        blocks=blocks,
+        **kwargs,
+    )
+    if not len(tiles):
+        height, width = image.shape[:2]
+        raise _no_tile_error(path, width, height, source_mpp, tile_size, mpps, **kwargs)
     if class_name is not None:
-        tiles = replace(tiles, class_names=[class_name], labels=np.zeros(len(tiles), dtype=np.int64))
+        tiles = replace(
+            tiles, class_names=[class_name], labels=np.zeros(len(tiles), dtype=np.int64)
+        )
     return tiles
 
 
@@ -432,16 +613,28 @@ class TileDataset:
         return image, int(self.tiles.labels[index])
 
 
-def tiles_from_sources(sources: Sequence[dict], *, tile_size: int, mpps: Sequence[float],
-                       class_names: Sequence[str] | None = None, seed: int = 0) -> TileSet:
+def tiles_from_sources(
+    sources: Sequence[dict],
+    *,
+    tile_size: int,
+    mpps: Sequence[float],
+    class_names: Sequence[str] | None = None,
+    seed: int = 0,
+) -> TileSet:
     """Build one TileSet from the source mappings of a :class:`DataConfig` (see there)."""
     sets = []
     for spec in sources:
         spec = dict(spec)
         spec_mpps = spec.pop("mpps", mpps)
         if "folder" in spec:
-            sets.append(tiles_from_folder(spec.pop("folder"), tile_size=tile_size,
-                                          class_map=spec.pop("class_map", None), mpp=spec.pop("mpp", None)))
+            sets.append(
+                tiles_from_folder(
+                    spec.pop("folder"),
+                    tile_size=tile_size,
+                    class_map=spec.pop("class_map", None),
+                    mpp=spec.pop("mpp", None),
+                )
+            )
         elif "slide" in spec:
             from napari_ssmamba.slide import open_slide
 
@@ -449,14 +642,36 @@ def tiles_from_sources(sources: Sequence[dict], *, tile_size: int, mpps: Sequenc
             if isinstance(mpp, (int, float)):
                 mpp = (float(mpp), float(mpp))
             slide = open_slide(spec.pop("slide"), mpp=mpp)
-            sets.append(tiles_from_slide(slide, spec.pop("annotations", None), tile_size=tile_size,
-                                         mpps=spec_mpps, seed=seed, **spec))
+            sets.append(
+                tiles_from_slide(
+                    slide,
+                    spec.pop("annotations", None),
+                    tile_size=tile_size,
+                    mpps=spec_mpps,
+                    seed=seed,
+                    **spec,
+                )
+            )
         elif "image" in spec:
-            sets.append(tiles_from_image(spec.pop("image"), spec.pop("class", None),
-                                         source_mpp=float(spec.pop("mpp")), tile_size=tile_size,
-                                         mpps=spec_mpps, seed=seed, **spec))
+            if "mpp" not in spec:
+                raise TrainingDataError(
+                    f"data source {spec} has no mpp; add the image's µm/px, e.g. mpp: 0.5"
+                )
+            sets.append(
+                tiles_from_image(
+                    spec.pop("image"),
+                    spec.pop("class", None),
+                    source_mpp=float(spec.pop("mpp")),
+                    tile_size=tile_size,
+                    mpps=spec_mpps,
+                    seed=seed,
+                    **spec,
+                )
+            )
         else:
-            raise ValueError(f"data source {spec} needs one of the keys 'folder', 'slide' or 'image'")
+            raise TrainingDataError(
+                f"data source {spec} needs one of the keys 'folder', 'slide' or 'image'"
+            )
     if not sets:
-        raise ValueError("no data sources given; add data.sources to the config")
+        raise TrainingDataError("no data sources given; add data.sources to the config")
     return TileSet.concatenate(sets, class_names)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from napari_ssmamba._atomic import atomic_open
+from napari_ssmamba.errors import TrainingDataError
 from napari_ssmamba.progress import ProgressCallback, no_progress, raise_if_cancelled
 
 from .distributed import DistributedEnv, all_reduce_sum, barrier
@@ -120,13 +121,18 @@ def fit(
         meta = load_train_state(state_dir, model, optimizer)
         start_epoch = meta["epoch"] + 1
         bad_epochs = meta["bad_epochs"]
-        result.history, result.best_epoch, result.best_score = meta["history"], meta["best_epoch"], meta["best_score"]
+        result.history, result.best_epoch, result.best_score = (
+            meta["history"],
+            meta["best_epoch"],
+            meta["best_score"],
+        )
         if meta.get("stopped_early"):
             result.stopped_early = True
             return result
     train_model = model
     if env.distributed:
-        if device.type == "cuda" and not freeze_bn:  # batch-norm statistics over the global batch (CUDA only in torch)
+        # batch-norm statistics over the global batch (CUDA only in torch)
+        if device.type == "cuda" and not freeze_bn:
             from napari_ssmamba.model import convert_sync_batchnorm
 
             model = convert_sync_batchnorm(model)
@@ -135,7 +141,10 @@ def fit(
         )
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
-        raise ValueError(f"{what}: not a single full batch; lower the batch size or add tiles")
+        raise TrainingDataError(
+            f"{what}: {len(sampler) * env.world_size} tiles do not fill one batch of "
+            f"{loader.batch_size * env.world_size}; lower batch_size or add tiles"
+        )
     total_steps = steps_per_epoch * schedule.epochs
     warmup_steps = int(round(schedule.warmup_epochs * steps_per_epoch))
     step = start_epoch * steps_per_epoch
@@ -167,11 +176,19 @@ def fit(
             loss_sum += loss_value
             for key, value in stats.items():
                 sums[key] = sums.get(key, 0.0) + float(value)
-            progress(step, total_steps, f"{what}: epoch {epoch + 1}/{schedule.epochs} loss {loss_value:.4f}")
+            progress(
+                step,
+                total_steps,
+                f"{what}: epoch {epoch + 1}/{schedule.epochs} loss {loss_value:.4f}",
+            )
         keys = sorted(sums)
         reduced = all_reduce_sum([loss_sum, *(sums[k] for k in keys)], env)
-        record = {"epoch": epoch, "step": step, "lr": lr,
-                  "train_loss": reduced[0] / (steps_per_epoch * env.world_size)}
+        record = {
+            "epoch": epoch,
+            "step": step,
+            "lr": lr,
+            "train_loss": reduced[0] / (steps_per_epoch * env.world_size),
+        }
         totals = dict(zip(keys, reduced[1:]))
         if "correct" in totals and totals.get("count"):
             record["train_accuracy"] = totals["correct"] / totals["count"]
@@ -180,7 +197,9 @@ def fit(
             record.update(validate(model))
         record["seconds"] = time.perf_counter() - epoch_started
         score = record[monitor]
-        improved = result.best_score is None or (score < result.best_score if mode == "min" else score > result.best_score)
+        improved = result.best_score is None or (
+            score < result.best_score if mode == "min" else score > result.best_score
+        )
         if improved:
             result.best_epoch, result.best_score, bad_epochs = epoch, score, 0
             if on_improve is not None and env.is_main:
@@ -191,11 +210,19 @@ def fit(
         result.stopped_early = patience is not None and bad_epochs >= patience
         if env.is_main:
             append_jsonl(out_dir / "metrics.jsonl", {"phase": what, **record})
-            save_train_state(state_dir, model, optimizer, {
-                "epoch": epoch, "bad_epochs": bad_epochs, "history": result.history,
-                "best_epoch": result.best_epoch, "best_score": result.best_score,
-                "stopped_early": result.stopped_early,
-            })
+            save_train_state(
+                state_dir,
+                model,
+                optimizer,
+                {
+                    "epoch": epoch,
+                    "bad_epochs": bad_epochs,
+                    "history": result.history,
+                    "best_epoch": result.best_epoch,
+                    "best_score": result.best_score,
+                    "stopped_early": result.stopped_early,
+                },
+            )
         barrier(env)
         if on_epoch is not None:
             on_epoch(record)

@@ -48,6 +48,7 @@ def classification_metrics(
     ``probs`` is (N, num_classes). Balanced accuracy averages recall over the classes present in
     ``y_true``; macro F1 averages over the classes present in ``y_true`` or the predictions (as
     scikit-learn does). An AUROC that is undefined (class absent or alone) is reported as None.
+    ``classes_without_tiles`` lists the classes absent from ``y_true``: nothing here measures them.
     """
     y_true = np.asarray(y_true, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
@@ -80,6 +81,7 @@ def classification_metrics(
             for c, name in enumerate(class_names)
         },
         "class_names": list(class_names),
+        "classes_without_tiles": [name for c, name in enumerate(class_names) if not present[c]],
         "confusion_matrix": matrix.tolist(),
     }
 
@@ -101,6 +103,9 @@ def format_metrics(metrics: dict) -> str:
             f"{name:<{width}}  {row['support']:7d}  {row['precision']:9.3f}  {row['recall']:6.3f}"
             f"  {row['f1']:6.3f}  {auroc}"
         )
+    if metrics["classes_without_tiles"]:
+        absent = ", ".join(metrics["classes_without_tiles"])
+        lines += ["", f"not measured, no tiles here: {absent}"]
     lines += ["", "confusion (rows true, columns predicted)"]
     lines.append(" " * width + "  " + " ".join(f"{n[:7]:>7}" for n in names))
     for name, row in zip(names, metrics["confusion_matrix"]):

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from napari_ssmamba.errors import TrainingDataError
 from napari_ssmamba.progress import ProgressCallback
 
 from .config import FinetuneConfig, config_dict
@@ -156,6 +158,33 @@ def _validator(dataset: TileDataset, class_names, *, batch_size: int, device: st
     return validate
 
 
+def _check_classes(train_tiles: TileSet, val_tiles: TileSet | None, *, warn: bool = True) -> None:
+    """Refuse a class without training tiles; warn of classes without validation tiles."""
+    untrained = [name for name, n in train_tiles.class_counts().items() if not n]
+    if untrained:
+        raise TrainingDataError(
+            f"no training tile of class {', '.join(untrained)}: the model would have a class it "
+            "never saw; add a data source for it or leave it out of data.class_names"
+        )
+    if val_tiles is None or not warn:
+        return
+    fix = (
+        "give each class two or more regions, image blocks or files to split, or list "
+        "validation data in data.val_sources"
+    )
+    unvalidated = [name for name, n in val_tiles.class_counts().items() if not n]
+    if not len(val_tiles):
+        warnings.warn(
+            f"no validation tiles: the last epoch is kept, unvalidated; {fix}", stacklevel=3
+        )
+    elif unvalidated:
+        warnings.warn(
+            f"no validation tile of class {', '.join(unvalidated)}: validation scores, and the "
+            f"choice of the best epoch, cover the other classes only; {fix}",
+            stacklevel=3,
+        )
+
+
 def finetune(
     config: FinetuneConfig,
     train_tiles: TileSet,
@@ -183,34 +212,60 @@ def finetune(
     class_names = list(train_tiles.class_names)
     if val_tiles is not None:
         val_tiles = val_tiles.with_classes(class_names)
+    _check_classes(train_tiles, val_tiles, warn=env.is_main)
     torch.manual_seed(config.seed)
     model = build_classifier(config, len(class_names))
     cfg = model.pretrained_cfg
     train_set = TileDataset(train_tiles, mean=cfg["mean"], std=cfg["std"], augment=config.augment)
-    val_set = None if val_tiles is None or not len(val_tiles) else TileDataset(val_tiles, mean=cfg["mean"], std=cfg["std"])
+    val_set = (
+        None
+        if val_tiles is None or not len(val_tiles)
+        else TileDataset(val_tiles, mean=cfg["mean"], std=cfg["std"])
+    )
     net = model
     if config.freeze_stages:
         freeze_stem_and_stages(model, config.freeze_stages)
     if config.cached_views:
         if not config.freeze_stages:
-            raise ValueError("cached_views needs freeze_stages > 0: only frozen stages can be cached")
-        cache = dict(seed=config.seed, batch_size=config.batch_size, device=env.device,
-                     progress=progress, cancel=cancel)
-        train_set = cache_stage_maps(model, train_set, config.freeze_stages, config.cached_views, **cache)
+            raise ValueError(
+                "cached_views needs freeze_stages > 0: only frozen stages can be cached"
+            )
+        cache = dict(
+            seed=config.seed,
+            batch_size=config.batch_size,
+            device=env.device,
+            progress=progress,
+            cancel=cancel,
+        )
+        train_set = cache_stage_maps(
+            model, train_set, config.freeze_stages, config.cached_views, **cache
+        )
         if val_set is not None:
             val_set = cache_stage_maps(model, val_set, config.freeze_stages, 1, **cache)
         net = _tail_class()(model, config.freeze_stages)
     weights = class_balanced_weights(train_tiles.labels) if config.balanced else None
-    sampler = EpochSampler(len(train_tiles), weights=weights, num_replicas=env.world_size,
-                           rank=env.rank, seed=config.seed)
+    sampler = EpochSampler(
+        len(train_tiles),
+        weights=weights,
+        num_replicas=env.world_size,
+        rank=env.rank,
+        seed=config.seed,
+    )
     per_rank_batch = max(1, config.batch_size // env.world_size)
-    loader = torch.utils.data.DataLoader(train_set, batch_size=per_rank_batch, sampler=sampler,
-                                         drop_last=True, num_workers=config.num_workers,
-                                         pin_memory=env.device.startswith("cuda"))
+    loader = torch.utils.data.DataLoader(
+        train_set,
+        batch_size=per_rank_batch,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=config.num_workers,
+        pin_memory=env.device.startswith("cuda"),
+    )
     amp = config.amp and env.device.startswith("cuda")
     validate, monitor, mode = None, "epoch", "max"  # without validation the last epoch is kept
     if val_set is not None:
-        validate = _validator(val_set, class_names, batch_size=per_rank_batch, device=env.device, amp=amp)
+        validate = _validator(
+            val_set, class_names, batch_size=per_rank_batch, device=env.device, amp=amp
+        )
         monitor, mode = config.monitor, "min" if config.monitor.endswith("loss") else "max"
     colors = class_colors(class_names, config.class_colors)
     summary = {
@@ -225,22 +280,49 @@ def finetune(
     checkpoint = out_dir / "model.safetensors"
 
     def card_for(record: dict, extra: dict | None = None):
-        return ModelCard(arch=config.arch, class_names=class_names, class_colors=colors,
-                         tile_size=train_tiles.tile_size, mpp=_tile_mpp(train_tiles, cfg),
-                         mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
-                         training={**summary, "epoch": record["epoch"], **(extra or {})}, untrained=False)
+        return ModelCard(
+            arch=config.arch,
+            class_names=class_names,
+            class_colors=colors,
+            tile_size=train_tiles.tile_size,
+            mpp=_tile_mpp(train_tiles, cfg),
+            mean=tuple(cfg["mean"]),
+            std=tuple(cfg["std"]),
+            training={**summary, "epoch": record["epoch"], **(extra or {})},
+            untrained=False,
+        )
 
     def save_best(_, record):
         save_checkpoint(model, card_for(record), checkpoint)
 
-    result = fit(net, _classification_step(config.label_smoothing), loader, sampler,
-                 schedule=Schedule(epochs=config.epochs, lr=config.lr, weight_decay=config.weight_decay,
-                                   warmup_epochs=config.warmup_epochs, min_lr_ratio=config.min_lr_ratio,
-                                   grad_clip=config.grad_clip),
-                 env=env, out_dir=out_dir, amp=amp, validate=validate, monitor=monitor, mode=mode,
-                 patience=config.patience if validate is not None else None, on_improve=save_best,
-                 resume=config.resume, progress=progress, cancel=cancel, on_epoch=on_epoch,
-                 what="fine-tuning", freeze_bn=config.freeze_bn)
+    result = fit(
+        net,
+        _classification_step(config.label_smoothing),
+        loader,
+        sampler,
+        schedule=Schedule(
+            epochs=config.epochs,
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            warmup_epochs=config.warmup_epochs,
+            min_lr_ratio=config.min_lr_ratio,
+            grad_clip=config.grad_clip,
+        ),
+        env=env,
+        out_dir=out_dir,
+        amp=amp,
+        validate=validate,
+        monitor=monitor,
+        mode=mode,
+        patience=config.patience if validate is not None else None,
+        on_improve=save_best,
+        resume=config.resume,
+        progress=progress,
+        cancel=cancel,
+        on_epoch=on_epoch,
+        what="fine-tuning",
+        freeze_bn=config.freeze_bn,
+    )
     metrics = None
     if env.is_main:
         best, _ = load_checkpoint(checkpoint, device=env.device)
@@ -249,17 +331,34 @@ def finetune(
             from .evaluate import predict
 
             scorer = _tail_class()(best, config.freeze_stages) if config.cached_views else best
-            probs, labels = predict(scorer, val_set, batch_size=per_rank_batch, device=env.device, amp=amp)
+            probs, labels = predict(
+                scorer, val_set, batch_size=per_rank_batch, device=env.device, amp=amp
+            )
             metrics = classification_metrics(labels, probs, class_names)
             write_json(out_dir / "eval.json", metrics)
-        save_checkpoint(best, card_for(record, {
-            "best_epoch": result.best_epoch, "epochs_run": len(result.history),
-            "stopped_early": result.stopped_early, "val_metrics": metrics,
-            "history": result.history, "seconds": time.perf_counter() - started,
-        }), checkpoint)
-    return {"checkpoint": checkpoint, "metrics": metrics, "history": result.history,
-            "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
-            "table": None if metrics is None else format_metrics(metrics)}
+        save_checkpoint(
+            best,
+            card_for(
+                record,
+                {
+                    "best_epoch": result.best_epoch,
+                    "epochs_run": len(result.history),
+                    "stopped_early": result.stopped_early,
+                    "val_metrics": metrics,
+                    "history": result.history,
+                    "seconds": time.perf_counter() - started,
+                },
+            ),
+            checkpoint,
+        )
+    return {
+        "checkpoint": checkpoint,
+        "metrics": metrics,
+        "history": result.history,
+        "best_epoch": result.best_epoch,
+        "stopped_early": result.stopped_early,
+        "table": None if metrics is None else format_metrics(metrics),
+    }
 
 
 def _tile_mpp(tiles: TileSet, cfg: dict) -> float:

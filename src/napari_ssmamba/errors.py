@@ -26,5 +26,13 @@ class BackendUnavailableError(SSMambaError, ImportError):
     """An optional compute backend (mamba-ssm, Triton, CUDA) was asked for but is not installed."""
 
 
+class TrainingDataError(SSMambaError, ValueError):
+    """The data cannot train a model: a source or class without tiles, classes a model lacks."""
+
+
+class MissingSourceError(SSMambaError, FileNotFoundError):
+    """A training data source names a file or folder that does not exist."""
+
+
 class CancelledError(SSMambaError):
     """A long job was cancelled by the user; whatever it had written stays consistent."""

@@ -43,6 +43,61 @@ def test_unknown_config_key_is_a_usage_error(config):
     assert result.exit_code == 2 and "unknown FinetuneConfig keys ['epoch']" in result.output
 
 
+def _patch_sources(*names, **keys):
+    return [
+        {"image": str(PATCHES.resolve() / name), "class": name.split("-")[0], "mpp": 0.5, **keys}
+        for name in names
+    ]
+
+
+@pytest.mark.parametrize(
+    "command, sources, tile_size, message",
+    [
+        ("finetune", [], 32, "run.yaml: no data sources; add data.sources"),
+        ("pretrain", [], 32, "run.yaml: no data sources; add data.sources"),
+        (
+            "finetune",
+            [{"image": "nope.png", "class": "a", "mpp": 0.5}],
+            32,
+            "nope.png: no such image; correct the path",
+        ),
+        (
+            "pretrain",
+            _patch_sources("BACK-AAQSHYMA.tif"),
+            256,
+            "BACK-AAQSHYMA.tif gives no 256 px tile at 0.5 µm/px: it is 224 x 224 px",
+        ),
+        (
+            "finetune",
+            _patch_sources("BACK-AAQSHYMA.tif", "LYM-AATTSRNN.tif"),
+            224,
+            "fine-tuning: 2 tiles do not fill one batch of 16; lower batch_size",
+        ),
+    ],
+)
+def test_unusable_data_is_a_one_line_error(config, command, sources, tile_size, message):
+    values = yaml.safe_load(config.read_text())
+    values["data"].update(sources=sources, tile_size=tile_size)
+    config.write_text(yaml.safe_dump(values))
+    result = CliRunner().invoke(
+        main, ["train", command, "--config", str(config), "--out", str(config.parent / "run")]
+    )
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
+
+
+def test_class_of_one_block_is_trained_with_a_warning(config, tmp_path):
+    values = yaml.safe_load(config.read_text())
+    values["data"]["sources"][0]["blocks"] = 1  # background: one group, so training only
+    config.write_text(yaml.safe_dump(values))
+    result = CliRunner().invoke(
+        main, ["train", "finetune", "--config", str(config), "--out", str(tmp_path / "run")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "warning: no validation tile of class background" in result.output
+    assert "not measured, no tiles here: background" in result.output
+
+
 def test_help_does_not_import_torch():
     import subprocess
     import sys

@@ -5,6 +5,7 @@ import pytest
 from shapely.geometry import box
 
 from napari_ssmamba.annotations import Annotation
+from napari_ssmamba.errors import SSMambaError
 from napari_ssmamba.training.data import (
     EpochSampler,
     TileDataset,
@@ -12,9 +13,13 @@ from napari_ssmamba.training.data import (
     class_balanced_weights,
     split_tiles,
     tiles_from_folder,
+    tiles_from_image,
     tiles_from_slide,
+    tiles_from_sources,
     tissue_fraction,
 )
+
+NCT = "nct-crc-he-100k"
 
 
 @pytest.fixture
@@ -64,6 +69,71 @@ def test_unlabelled_slide_tiles_are_tissue_filtered(cmu):
     assert len(tiles) > 10 and (tiles.labels == -1).all()
     assert min(tissue_fraction(tiles.image(i)) for i in range(len(tiles))) >= 0.3
     assert len(np.unique(tiles.groups)) == 4
+
+
+def test_image_of_one_tile_gives_that_tile(data_dir):
+    patch = data_dir / "patches" / NCT / "TUM-AACHEHDV.tif"  # 224 x 224 px
+    tiles = tiles_from_image(patch, "tumour", source_mpp=0.5, tile_size=224, blocks=2)
+    assert len(tiles) == 1 and list(tiles.groups) == ["TUM-AACHEHDV.tif#block0"]
+    region = data_dir / "patches" / "histolab-tiles" / "no-tissue.png"  # 512 x 512 px
+    tiles = tiles_from_image(region, "glass", source_mpp=0.5, tile_size=224, blocks=2)
+    assert len(np.unique(tiles.groups)) == 4  # large enough: still split by 2 x 2 block
+
+
+def test_image_smaller_than_a_tile_names_file_and_fix(data_dir, tmp_path):
+    from PIL import Image
+
+    small = tmp_path / "small.png"
+    Image.open(data_dir / "patches" / NCT / "TUM-AACHEHDV.tif").crop((0, 0, 150, 150)).save(small)
+    with pytest.raises(
+        SSMambaError,
+        match=r"small.png gives no 224 px tile at 0.5 µm/px: it is "
+        r"150 x 150 px .* use a smaller tile size",
+    ):
+        tiles_from_image(small, "tumour", source_mpp=0.5, tile_size=224)
+
+
+def test_missing_image_source_names_the_path(tmp_path):
+    with pytest.raises(SSMambaError, match="nope.png: no such image; correct the path"):
+        tiles_from_sources(
+            [{"image": str(tmp_path / "nope.png"), "class": "a", "mpp": 0.5}],
+            tile_size=32,
+            mpps=[0.5],
+        )
+
+
+def test_region_class_without_tiles_names_class_and_fix(cmu):
+    tissue = Annotation(box(700, 1000, 1300, 1600), class_name="tissue")
+    speck = Annotation(box(100, 100, 140, 130), class_name="speck")
+    with pytest.raises(
+        SSMambaError,
+        match=r"class 'speck' \(largest 40 x 30 px\) give no 64 px tile.*larger regions",
+    ):
+        tiles_from_slide(cmu, [tissue, speck], tile_size=64, mpps=[0.5])
+
+
+def _mixed_groups(group_classes: list[list[int]]) -> TileSet:
+    """A tile set with one tile per (group, class) pair listed."""
+    pairs = [(f"g{g}", c) for g, classes in enumerate(group_classes) for c in classes]
+    return TileSet(
+        class_names=["a", "b", "c"],
+        items=[np.zeros((8, 8, 3), np.uint8)] * len(pairs),
+        labels=np.array([c for _, c in pairs]),
+        groups=np.array([g for g, _ in pairs]),
+        sources=np.array([g for g, _ in pairs]),
+        mpps=np.full(len(pairs), 0.5),
+        tile_size=8,
+    )
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_split_puts_every_class_of_two_groups_on_both_sides(seed):
+    # 'b' is never a group's majority; 'c' has a single group, which must stay in training
+    tiles = _mixed_groups([[0, 0, 1]] * 2 + [[0]] * 8 + [[2]])
+    train, val = split_tiles(tiles, 0.6, seed=seed)
+    assert not set(train.groups) & set(val.groups)
+    assert all(train.class_counts().values())
+    assert val.class_counts()["a"] and val.class_counts()["b"] and not val.class_counts()["c"]
 
 
 def test_split_never_shares_a_group(small_task):

@@ -37,11 +37,13 @@ def test_auroc_ties_and_undefined():
 
 
 def test_absent_class_gives_null_auroc_and_json(tmp_path):
-    m = classification_metrics([0, 0, 1], np.array([[0.9, 0.1, 0], [0.4, 0.6, 0], [0.2, 0.8, 0]]),
-                               ["x", "y", "z"])
-    assert m["per_class"]["z"]["auroc"] is None
+    m = classification_metrics(
+        [0, 0, 1], np.array([[0.9, 0.1, 0], [0.4, 0.6, 0], [0.2, 0.8, 0]]), ["x", "y", "z"]
+    )
+    assert m["per_class"]["z"]["auroc"] is None and m["classes_without_tiles"] == ["z"]
     assert m["balanced_accuracy"] == pytest.approx((0.5 + 1) / 2)
     path = write_metrics(m, tmp_path / "eval.json")
     assert json.loads(path.read_text())["confusion_matrix"][0] == [1, 1, 0]
     table = format_metrics(m)
     assert "balanced_accuracy=0.7500" in table and "confusion" in table
+    assert "not measured, no tiles here: z" in table

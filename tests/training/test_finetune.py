@@ -75,3 +75,27 @@ def test_cached_frozen_stages_train_only_the_tail(small_task, tmp_path, torch_th
     torch.testing.assert_close(model.stages[2].state_dict(), fresh.stages[2].state_dict())
     assert not torch.equal(model.head.weight, fresh.head.weight)
     assert card.training["config"]["cached_views"] == 2
+
+
+def test_class_without_training_tiles_is_refused(small_task, tmp_path):
+    from napari_ssmamba.errors import SSMambaError
+    from napari_ssmamba.training.data import TileSet
+
+    train, val = small_task
+    with_stroma = TileSet.concatenate([train], [*train.class_names, "stroma"])
+    with pytest.raises(SSMambaError, match="no training tile of class stroma"):
+        finetune(_config(tmp_path), with_stroma, val)
+    assert not (tmp_path / "model.safetensors").exists()
+
+
+def test_validation_without_a_class_warns_and_says_so(small_task, tmp_path, torch_threads):
+    train, val = small_task
+    no_muscle = val.subset(
+        [i for i in range(len(val)) if val.class_names[val.labels[i]] != "muscle"]
+    )
+    with pytest.warns(UserWarning, match="no validation tile of class muscle"):
+        result = finetune(_config(tmp_path, epochs=1), train, no_muscle)
+    assert result["metrics"]["classes_without_tiles"] == ["muscle"]
+    assert "not measured, no tiles here: muscle" in result["table"]
+    _, card = load_checkpoint(result["checkpoint"])
+    assert card.training["val_metrics"]["classes_without_tiles"] == ["muscle"]

@@ -8,7 +8,6 @@ import click
 
 from napari_ssmamba.inference.jpeg_batches import DECODERS
 
-
 #: the µm per pixel ``--mpp`` accepts: beyond it, tiles are under a pixel or larger than any slide
 MPP_RANGE = (0.01, 100.0)
 

@@ -7,6 +7,7 @@ overrides and the typed options, shows a rich progress bar and writes metrics to
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import click
@@ -47,6 +48,30 @@ def _load(cls, config_path, overrides, **options):
         raise click.UsageError(str(exc)) from exc
 
 
+def _require_sources(sources, config_path) -> None:
+    """Stop with a message naming the config when it gives no data sources."""
+    if not sources:
+        where = (
+            f"{config_path}: no data sources" if config_path else "no data sources (no --config)"
+        )
+        raise click.ClickException(
+            f"{where}; add data.sources, a list of entries such as "
+            "{image: PATH, class: NAME, mpp: 0.5}, {folder: DIR, mpp: 0.5} or "
+            "{slide: PATH, annotations: GEOJSON}"
+        )
+
+
+@contextlib.contextmanager
+def _errors_as_messages():
+    """Our errors, and missing or unreadable files, end the command with their message (exit 1)."""
+    from napari_ssmamba.errors import SSMambaError
+
+    try:
+        yield
+    except (SSMambaError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 def _is_main() -> bool:
     import os
 
@@ -54,7 +79,10 @@ def _is_main() -> bool:
 
 
 def _run_with_progress(job, **kwargs):
-    """Run ``job(progress=..., on_epoch=..., **kwargs)`` under a rich progress bar (rank 0 only)."""
+    """Run ``job(progress=..., on_epoch=..., **kwargs)`` under a rich progress bar (rank 0 only).
+
+    Warnings show as one ``warning:`` line each; our errors end the command with their message.
+    """
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -64,20 +92,35 @@ def _run_with_progress(job, **kwargs):
         TimeRemainingColumn,
     )
 
+    from napari_ssmamba.cli import warnings_shown_on
+
     if not _is_main():
-        return job(**kwargs)
+        with _errors_as_messages():
+            return job(**kwargs)
     console = Console(stderr=True)
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-               TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console) as bar:
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with (
+        _errors_as_messages(),
+        Progress(*columns, console=console) as bar,
+        warnings_shown_on(bar.console),
+    ):
         task = bar.add_task("starting", total=None)
 
         def progress(done, total, message):
             bar.update(task, completed=done, total=total, description=message)
 
         def on_epoch(record):
-            shown = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
-                              if k not in ("lr", "seconds", "step"))
+            shown = ", ".join(
+                f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                for k, v in record.items()
+                if k not in ("lr", "seconds", "step")
+            )
             bar.console.print(shown)
 
         return job(progress=progress, on_epoch=on_epoch, **kwargs)
@@ -99,6 +142,7 @@ def pretrain(config_path, overrides, mask_ratio, **options):
     if mask_ratio is not None:
         overrides = (*overrides, f"mask_ratio={mask_ratio}")
     config = _load(PretrainConfig, config_path, overrides, **options)
+    _require_sources(config.data.sources, config_path)
     result = _run_with_progress(pretrain_from_config, config=config)
     if _is_main():
         click.echo(f"backbone saved to {result['checkpoint']}")
@@ -106,7 +150,11 @@ def pretrain(config_path, overrides, mask_ratio, **options):
 
 @train.command()
 @_common
-@click.option("--init", type=click.Path(exists=True, path_type=Path), help="Backbone checkpoint to start from.")
+@click.option(
+    "--init",
+    type=click.Path(exists=True, path_type=Path),
+    help="Backbone checkpoint to start from.",
+)
 def finetune(config_path, overrides, init, **options):
     """Supervised fine-tuning; writes OUT/model.safetensors + model.json and OUT/eval.json."""
     from napari_ssmamba.training.config import FinetuneConfig
@@ -115,6 +163,7 @@ def finetune(config_path, overrides, init, **options):
     if init is not None:
         overrides = (*overrides, f"init={init}")
     config = _load(FinetuneConfig, config_path, overrides, **options)
+    _require_sources(config.data.sources, config_path)
     result = _run_with_progress(finetune_from_config, config=config)
     if _is_main():
         if result["table"]:
@@ -126,8 +175,12 @@ def finetune(config_path, overrides, init, **options):
 @click.option("--checkpoint", required=True, type=click.Path(exists=True, path_type=Path))
 @_config_option
 @_set_option
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the metrics JSON here.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option(
+    "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the metrics JSON here."
+)
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
 def evaluate(checkpoint, config_path, overrides, output, device):
     """Accuracy, balanced accuracy, macro F1, per-class AUROC and confusion matrix on labelled tiles."""
     from napari_ssmamba.training.config import FinetuneConfig
@@ -135,7 +188,11 @@ def evaluate(checkpoint, config_path, overrides, output, device):
     from napari_ssmamba.training.evaluate import evaluate_from_config, format_metrics, write_metrics
 
     config = _load(FinetuneConfig, config_path, overrides)
-    metrics = evaluate_from_config(checkpoint, config.data, seed=config.seed, device=resolve_device(device))
+    _require_sources(config.data.val_sources or config.data.sources, config_path)
+    with _errors_as_messages():
+        metrics = evaluate_from_config(
+            checkpoint, config.data, seed=config.seed, device=resolve_device(device)
+        )
     click.echo(format_metrics(metrics))
     if output is not None:
         write_metrics(metrics, output)
