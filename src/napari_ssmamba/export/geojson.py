@@ -4,11 +4,15 @@ ROI measurements: ``prob_<class>`` (the ROI's tissue-weighted mean probability),
 ``n_tiles`` and ``n_background_tiles``, beside the ROI's own. An ROI that had a class keeps it in
 QuPath's object metadata as ``input_class``, since its classification becomes the predicted class.
 Tile measurements: ``prob_<class>`` and ``tissue_fraction``.
+
+Objects made here (tiles, the whole tissue, drawn ROIs without an id) get ids derived from the
+slide's name and their place, so that two runs of the same job write the same file.
 """
 
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +46,7 @@ def result_annotations(result, tiles: bool = True) -> list:
             n_background_tiles=int(roi.n_background_tiles),
         )
         source = roi.annotation if hasattr(roi.annotation, "geometry") else None
-        fields = {"name": result.roi_label(index)}
+        fields = {"name": result.roi_label(index), "id": _stable_id(result, roi.geometry.wkt)}
         if source is not None:
             fields |= {
                 "id": source.id,
@@ -66,8 +70,8 @@ def result_annotations(result, tiles: bool = True) -> list:
         polygons = shapely.box(
             boxes[:, 0], boxes[:, 1], boxes[:, 0] + boxes[:, 2], boxes[:, 1] + boxes[:, 3]
         )
-        for polygon, probs, tissue in zip(
-            polygons, result.tile_probabilities, result.tile_tissue_fraction
+        for box, polygon, probs, tissue in zip(
+            boxes, polygons, result.tile_probabilities, result.tile_tissue_fraction
         ):
             k = int(np.argmax(probs))
             measurements = {f"prob_{c}": float(p) for c, p in zip(names, probs)}
@@ -79,9 +83,14 @@ def result_annotations(result, tiles: bool = True) -> list:
                     class_name=names[k],
                     color=colors[k],
                     measurements=measurements,
+                    id=_stable_id(result, "tile {} {} {} {}".format(*box)),
                 )
             )
     return out
+
+
+def _stable_id(result, what: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"napari-ssmamba:{result.stem}:{what}"))
 
 
 def write_result_geojson(result, path: str | os.PathLike) -> Path:
