@@ -105,6 +105,13 @@ def test_unopenable_files_raise_slide_error_naming_the_file(slides_dir, name):
         open_slide(slides_dir / name)
 
 
+def test_an_unknown_compression_is_not_blamed_on_a_missing_imagecodecs(slides_dir):
+    import imagecodecs
+
+    with pytest.raises(SlideError, match=f"imagecodecs {imagecodecs.__version__} cannot decode"):
+        open_slide(slides_dir / "corrupt" / "unopenable.tiff")
+
+
 def test_not_a_slide_raises_slide_error(tmp_path):
     path = tmp_path / "notes.tif"
     path.write_text("not an image")

@@ -125,6 +125,7 @@ def run_classify(
     device="auto",
     batch_size=None,
     decoder="auto",
+    command="ssmamba classify",
 ) -> dict:
     """Load the model, run the pipeline with a progress bar; our errors become ClickExceptions."""
     from rich.progress import Progress
@@ -163,7 +164,7 @@ def run_classify(
                 batch_size=batch_size,
                 decoder=decoder,
                 progress=progress,
-                run_info={"command": "ssmamba classify", "model_path": str(checkpoint)},
+                run_info={"command": command, "model_path": str(checkpoint)},
             )
     except (SSMambaError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc

@@ -23,5 +23,5 @@ def demo(out_dir: Path, device: str) -> None:
     from napari_ssmamba.cli.classify import print_record, run_classify
 
     click.echo(f"classifying {SAMPLE_SLIDE.name} (bundled sample, CC0) with the bundled model")
-    record = run_classify(SAMPLE_SLIDE, out_dir, device=device)
+    record = run_classify(SAMPLE_SLIDE, out_dir, device=device, command="ssmamba demo")
     print_record(record, out_dir)

@@ -47,6 +47,21 @@ _ASSOCIATED_SERIES = {"thumbnail": "thumbnail", "label": "label", "macro": "macr
 _QPTIFF_ASSOCIATED = {"Thumbnail": "thumbnail", "Overview": "macro", "Label": "label"}
 
 
+def _cannot_decode_hint() -> str:
+    """Why a segment may not decode: imagecodecs missing, or the file itself."""
+    try:
+        import imagecodecs
+    except ImportError:
+        return (
+            "The file is corrupt, or uses a compression that needs imagecodecs "
+            "(pip install imagecodecs)."
+        )
+    return (
+        f"The file is corrupt, or uses a compression that imagecodecs {imagecodecs.__version__} "
+        "cannot decode."
+    )
+
+
 class _ByteReader:
     """Positional reads from one file, safe across threads."""
 
@@ -202,8 +217,7 @@ class _TiffLevel(LevelReader):
             except Exception as exc:  # codecs raise their own types: report them all alike
                 raise SlideError(
                     f"{self._path}: cannot decode {kind} {index} of level {self._index} "
-                    f"({type(exc).__name__}: {exc}). The file is corrupt or uses a compression "
-                    "this installation cannot decode (pip install imagecodecs)."
+                    f"({type(exc).__name__}: {exc}). {_cannot_decode_hint()}"
                 ) from exc
         rows = min(tile_h, self.shape[0] - row * tile_h) if not self._tiled else tile_h
         if segment is None:
