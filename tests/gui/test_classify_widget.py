@@ -236,6 +236,20 @@ def test_the_model_and_tissue_are_prepared_before_run(
     assert len(tissue_detections) == 1 and widget._models == loaded  # nothing done twice
 
 
+def test_a_slide_given_its_pixel_size_is_prepared_again(qtbot, make_napari_viewer, slides_dir):
+    from napari_ssmamba.gui.classify_widget import ClassifyWidget
+    from napari_ssmamba.gui.slide_reader import set_layer_mpp
+
+    viewer = make_napari_viewer()
+    [layer] = viewer.open(slides_dir / "kidney-48-5.tif", plugin="napari-ssmamba")  # no MPP
+    widget = ClassifyWidget(viewer)
+    qtbot.addWidget(widget)
+    widget.device_combo.setCurrentText("cpu")
+    qtbot.waitUntil(lambda: "microns-per-pixel" in widget.status_label.text(), timeout=60_000)
+    set_layer_mpp(layer, (0.5, 0.5))  # what Settings > Set MPP does
+    qtbot.waitUntil(lambda: widget.status_label.text().startswith("Ready"), timeout=60_000)
+
+
 def test_run_during_preparation_waits_for_it(qtbot, make_napari_viewer, tissue_detections):
     widget = _widget_beside_the_sample(qtbot, make_napari_viewer())
     assert widget._warming is not None  # started with the widget

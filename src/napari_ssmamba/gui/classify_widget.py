@@ -157,9 +157,16 @@ class ClassifyWidget(QWidget):
 
         adopt_world_units(self.viewer.layers)
         slide_names = [layer.name for layer in self.viewer.layers if is_slide_layer(layer)]
+        for name in slide_names:  # connecting twice is a no-op in napari
+            self.viewer.layers[name].events.scale.connect(self._on_slide_rescaled)
         roi_names = [layer.name for layer in self.viewer.layers if isinstance(layer, Shapes)]
         _set_items(self.slide_combo, slide_names)
         _set_items(self.roi_combo, [WHOLE_TISSUE, *roi_names])
+        self._warm_up()
+
+    def _on_slide_rescaled(self, event=None) -> None:
+        """A new pixel size (Settings > Set MPP) changes what a run needs: prepare it again."""
+        self._warmed.clear()
         self._warm_up()
 
     def _on_browse(self) -> None:

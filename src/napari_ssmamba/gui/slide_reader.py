@@ -174,12 +174,12 @@ def set_layer_mpp(layer, mpp: tuple[float, float], drawn_over=()) -> None:
         other.scale = (*other.scale[:-2], *(np.asarray(other.scale[-2:]) * factor))
         other.translate = (*other.translate[:-2], *translate)
         other.units = (*other.units[:-2], MICRONS, MICRONS)
-    layer.scale = (*layer.scale[:-2], *mpp)
-    layer.units = (*layer.units[:-2], MICRONS, MICRONS)
     layer.metadata["mpp"] = mpp
     slide = layer.metadata.get("slide")
-    if isinstance(slide, Slide):
+    if isinstance(slide, Slide):  # before the scale: its event makes widgets prepare a run
         slide.mpp = mpp
+    layer.scale = (*layer.scale[:-2], *mpp)
+    layer.units = (*layer.units[:-2], MICRONS, MICRONS)
 
 
 def adopt_world_units(layers) -> None:
