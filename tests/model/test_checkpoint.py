@@ -113,16 +113,22 @@ def test_planted_pickle_is_not_executed(tmp_path):
     assert probe.exists()
     save_card = _card()
     (tmp_path / "model.json").write_text(json.dumps(save_card.to_dict()))
-    with pytest.raises(CheckpointError, match="refused"):
-        load_checkpoint(path)
+    for given in (path, tmp_path / "model.json", tmp_path):
+        with pytest.raises(CheckpointError, match="model.pt: a pickle file"):
+            load_checkpoint(given)
     assert not marker.exists()
 
 
-def test_plain_tensor_pt_loads_with_weights_only(tmp_path):
+def test_a_pickle_is_refused_with_the_way_to_convert_it(tmp_path):
     model = create_model("ssmamba_test", num_classes=2).eval()
-    torch.save({"state_dict": model.state_dict()}, tmp_path / "model.pt")
-    (tmp_path / "model.json").write_text(json.dumps(_card().to_dict()))
-    loaded, _ = load_checkpoint(tmp_path / "model.pt")
+    torch.save(model.state_dict(), tmp_path / "weights.pth")
+    with pytest.raises(CheckpointError, match="never opens") as refused:
+        load_checkpoint(tmp_path / "weights.pth")  # no card: the pickle is named, not the card
+    # the conversion the message gives, run where the file is trusted, makes a loadable pair
+    command = str(refused.value).split("python -c ")[1].split(", and point at")[0].strip('"')
+    exec(command)
+    (tmp_path / "weights.json").write_text(json.dumps(_card().to_dict()))
+    loaded, _ = load_checkpoint(tmp_path / "weights.safetensors")
     x = torch.randn(1, 3, 64, 64)
     assert torch.equal(loaded(x), model(x))
 

@@ -2,8 +2,9 @@
 
 ``dir/model.safetensors`` sits beside ``dir/model.json``. The card names the architecture, classes and
 colours, tile size, MPP and normalisation, a training summary, and the sha256 of the weights file, which
-is checked on load. A ``.pt``/``.pth`` file is read only through ``torch.load(weights_only=True)``, which
-refuses any object but tensors and plain containers.
+is checked on load. Pickle files (``.pt``, ``.pth``, ``.bin``, ``.ckpt``) are refused, never opened:
+unpickling can run code, and ``torch.load(weights_only=True)`` did too before torch 2.6
+(CVE-2025-32434). The message says how to convert one to safetensors where it is trusted.
 """
 
 from __future__ import annotations
@@ -124,8 +125,19 @@ def _resolve(path: Path) -> tuple[Path, Path]:
         if not found:
             raise CheckpointError(f"{path}: no weights file beside this card "
                                   f"(expected {path.with_suffix('.safetensors').name})")
-        return found[0], path
-    return path, card_path_for(path)
+        path, card = found[0], path
+    else:
+        card = card_path_for(path)
+    if path.suffix in PICKLE_SUFFIXES:
+        converted = path.with_suffix(".safetensors")
+        raise CheckpointError(
+            f"{path}: a pickle file, which napari-ssmamba never opens (unpickling can run code). "
+            "Where you trust the file, convert it: python -c \"import torch; from "
+            "safetensors.torch import save_file; "
+            f"save_file(torch.load('{path}', weights_only=True), '{converted}')\", and point at "
+            f"{converted.name} with its card {card.name} beside it (see docs/model.md)."
+        )
+    return path, card
 
 
 def read_card(path) -> ModelCard:
@@ -144,8 +156,6 @@ def read_card(path) -> ModelCard:
 
 
 def _read_weights(path: Path) -> dict:
-    import torch
-
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -154,28 +164,13 @@ def _read_weights(path: Path) -> dict:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
-    if path.suffix in PICKLE_SUFFIXES:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # the safe unpickler refuses anything but tensors and containers
-            raise CheckpointError(
-                f"{path}: refused to load this pickle file ({type(exc).__name__}); only plain tensor "
-                "state dicts are read. Convert it to safetensors with save_checkpoint in a trusted "
-                "session") from exc
-        if isinstance(state, dict):
-            for key in ("state_dict", "model"):
-                if isinstance(state.get(key), dict):
-                    state = state[key]
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise CheckpointError(f"{path}: holds no tensor state dict")
-        return state
     raise CheckpointError(f"{path}: unknown weights format {path.suffix!r}; use .safetensors")
 
 
 def load_checkpoint(path, device="cpu", scan_backend: str = "auto"):
     """Load ``(model, card)`` from a weights file, its card, or a checkpoint directory.
 
-    Never unpickles arbitrary objects. Raises :class:`CheckpointError` naming the file and the fix when
+    Never opens a pickle. Raises :class:`CheckpointError` naming the file and the fix when
     the card is missing or invalid, the weights' sha256 differs from the card's, or the weights do not
     fit the card's architecture.
     """
