@@ -23,6 +23,16 @@ def test_device_and_model_are_saved(widget):
     assert load_settings().default_model is None
 
 
+def test_device_reaches_an_open_classify_widget(widget, qtbot):
+    from napari_ssmamba.gui.classify_widget import ClassifyWidget
+
+    classify = ClassifyWidget(widget.viewer)
+    widget.viewer.window.add_dock_widget(classify, name="Classify ROIs")
+    widget.device.setCurrentText("cuda")
+    widget.device.setCurrentText("cpu")
+    assert classify.device_combo.currentText() == "cpu"
+
+
 def test_set_mpp_rescales_selected_slide_layers(widget, slides_dir):
     viewer = widget.viewer
     [layer] = viewer.open(slides_dir / "kidney-48-5.tif", plugin="napari-ssmamba")

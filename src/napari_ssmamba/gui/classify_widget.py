@@ -523,6 +523,16 @@ class ClassifyWidget(QWidget):
             layer.opacity = value / 100
 
 
+def open_classify_widgets(viewer) -> list[ClassifyWidget]:
+    """The Classify widgets docked in ``viewer``'s window."""
+    found = []
+    for dock in viewer.window.dock_widgets.values():
+        widget = dock if isinstance(dock, ClassifyWidget) else dock.findChild(ClassifyWidget)
+        if widget is not None:
+            found.append(widget)
+    return found
+
+
 def _set_features(layer, features) -> None:
     """Set a shapes layer's ``features`` and keep what a newly drawn shape gets: napari resets the
     defaults to the last row, which would give a new shape that row's id and predicted class."""

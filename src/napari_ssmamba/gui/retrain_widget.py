@@ -363,12 +363,8 @@ class RetrainWidget(QWidget):
 
     def _point_classify_widgets(self, checkpoint) -> None:
         """Make open Classify widgets use ``checkpoint`` now (the settings file covers new ones)."""
-        from napari_ssmamba.gui.classify_widget import CHECKPOINT_FILE, ClassifyWidget
+        from napari_ssmamba.gui.classify_widget import CHECKPOINT_FILE, open_classify_widgets
 
-        for widget in self.viewer.window.dock_widgets.values():
-            classify = (
-                widget if isinstance(widget, ClassifyWidget) else widget.findChild(ClassifyWidget)
-            )
-            if classify is not None:
-                classify.model_combo.setCurrentText(CHECKPOINT_FILE)
-                classify.model_path.setText(str(checkpoint))
+        for classify in open_classify_widgets(self.viewer):
+            classify.model_combo.setCurrentText(CHECKPOINT_FILE)
+            classify.model_path.setText(str(checkpoint))

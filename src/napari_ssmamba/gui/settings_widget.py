@@ -77,7 +77,12 @@ class SettingsWidget(QWidget):
         self.status.setText(f"Saved to {path}")
 
     def _on_device_changed(self, device: str) -> None:
+        """Save the device and switch the open Classify widgets to it (new ones read the file)."""
+        from napari_ssmamba.gui.classify_widget import open_classify_widgets
+
         self._save(device=device)
+        for classify in open_classify_widgets(self.viewer):
+            classify.device_combo.setCurrentText(device)
 
     def _on_model_path_edited(self) -> None:
         self._save(default_model=self.model_path.text().strip() or None)
