@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -168,6 +169,13 @@ def run_classify(
             )
     except (SSMambaError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
+    except KeyboardInterrupt:  # the exit status of ssmamba predict, and of shells, for Ctrl-C
+        click.secho(
+            f"interrupted: no half-written file is left in {out_dir}; run the same command again",
+            fg="yellow",
+            err=True,
+        )
+        sys.exit(130)
 
 
 def print_record(record: dict, out_dir: Path) -> None:
