@@ -578,6 +578,9 @@ def _verdict(roi, result) -> str:
 
     if roi.class_name is not None:
         return f"{roi.class_name} {roi.confidence:.2f}"
-    if not roi.geometry.intersects(shapely.box(0, 0, *result.slide_dimensions_wh)):
+    geometry = roi.geometry  # empty for a whole tissue without any
+    if not geometry.is_empty and not geometry.intersects(
+        shapely.box(0, 0, *result.slide_dimensions_wh)
+    ):
         return "outside the slide"
     return "no tissue"
