@@ -160,8 +160,9 @@ def split_tiles(
     """Split into (train, validation) by whole groups (``by="group"``) or source files (``"source"``).
 
     With ``stratify``, groups are drawn per majority class, and then moved where needed, so that
-    every class with at least two groups keeps one in each part; a class of one group stays in
-    training. No group ever has tiles on both sides.
+    every class keeps a group in training and every class with at least two groups one in
+    validation too, where the groups allow it; a class of one group stays in training. No group
+    ever has tiles on both sides.
     """
     keys = tiles.groups if by == "group" else tiles.sources
     if by not in ("group", "source"):
@@ -191,26 +192,31 @@ def split_tiles(
 
 
 def _spread_mixed_groups(labels: np.ndarray, keys: np.ndarray, val_keys: set, rng) -> set:
-    """Move groups so that each class with two or more groups has one in each part.
+    """Move groups so that every class has a group in training, and each class with two or more
+    groups one in validation too.
 
     Drawing by majority class does this for groups of one class; a class that is no group's
-    majority can still land on one side. A group moves only if no class loses its last group on
-    the side the group leaves (a class of one group keeps it in training).
+    majority can land on one side only. Training comes first: a class with no group there gets
+    one back, taking another class's last validation group only if it must. A group then moves to
+    validation only if no class loses its last training group.
     """
     labelled = labels >= 0
     holders = [set(np.unique(keys[labelled & (labels == c)])) for c in np.unique(labels[labelled])]
     all_keys = set(np.unique(keys))
     for own in sorted(holders, key=len):
-        for to_val in (True, False):
-            if len(own) < 2 or (own & val_keys if to_val else own - val_keys):
-                continue
-            leaving = all_keys - val_keys if to_val else val_keys
-            for key in rng.permutation(sorted(own)):
-                if not any(
-                    h & leaving == {key} and (to_val or len(h) > 1) for h in holders if key in h
-                ):
-                    val_keys = val_keys | {key} if to_val else val_keys - {key}
-                    break
+        if own - val_keys:
+            continue
+        candidates = list(rng.permutation(sorted(own)))
+        spare = [k for k in candidates if not any(h & val_keys == {k} for h in holders if k in h)]
+        val_keys = val_keys - {(spare or candidates)[0]}
+    for own in sorted(holders, key=len):
+        if len(own) < 2 or own & val_keys:
+            continue
+        train_keys = all_keys - val_keys
+        for key in rng.permutation(sorted(own)):
+            if not any(h & train_keys == {key} for h in holders if key in h):
+                val_keys = val_keys | {key}
+                break
     return val_keys
 
 

@@ -136,6 +136,21 @@ def test_split_puts_every_class_of_two_groups_on_both_sides(seed):
     assert val.class_counts()["a"] and val.class_counts()["b"] and not val.class_counts()["c"]
 
 
+@pytest.mark.parametrize(
+    "groups",
+    [
+        [[0, 0, 2], [0], [0], [0], [1], [1], [1]],  # 'c' only a minority, in one group
+        [[0, 0, 2], [1, 1, 2], [0], [1]],  # 'c' only a minority, in two groups
+    ],
+)
+def test_split_keeps_every_class_in_training(groups):
+    tiles = _mixed_groups(groups)
+    for seed in range(50):
+        train, val = split_tiles(tiles, 0.3, seed=seed)
+        assert all(train.class_counts().values()), (seed, train.class_counts())
+        assert not set(train.groups) & set(val.groups)
+
+
 def test_split_never_shares_a_group(small_task):
     train, val = small_task
     assert not set(train.groups) & set(val.groups)
