@@ -89,7 +89,9 @@ def test_rois_on_glass_only_are_said_so_and_leave_no_maps(
 
     shapes.data = [glass, off_slide]
     shapes.shape_type = ["rectangle", "rectangle"]
-    _run(qtbot, widget)  # no tile anywhere: no error, the maps of the first run go
+    other = viewer.add_labels(np.zeros((4, 4), np.uint8), name="other.svs [classes]")
+    widget.result_layers[other.name] = other  # another slide's result
+    _run(qtbot, widget)  # no tile anywhere: no error, this slide's maps of the first run go
     assert widget.result.n_tiles == 0
     assert "Nothing to classify" in widget.status_label.text()
     assert list(shapes.features["prediction"]) == [
@@ -97,6 +99,7 @@ def test_rois_on_glass_only_are_said_so_and_leave_no_maps(
         "ROI 2: outside the slide",
     ]
     assert not any(layer.name.startswith(f"{stem} [") for layer in viewer.layers)
+    assert other in viewer.layers
 
 
 def test_screenshot_overlay_where_it_must_be(qtbot, viewer_with_sample, small_checkpoint):

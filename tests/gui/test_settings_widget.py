@@ -54,3 +54,15 @@ def test_set_mpp_rescales_selected_slide_layers(widget, slides_dir):
     assert layer.metadata["slide"].mpp == (0.25, 0.25)
     viewer.layers.selection = {viewer.layers["not a slide"]}
     assert not widget.set_mpp.isEnabled()
+
+
+def test_set_mpp_leaves_another_slide_of_the_same_name_alone(widget, slides_dir):
+    viewer = widget.viewer
+    first, second = (
+        viewer.open(slides_dir / "kidney-48-5.tif", plugin="napari-ssmamba")[0] for _ in range(2)
+    )
+    assert second.name == f"{first.name} [1]"  # napari's name for the second
+    viewer.layers.selection = {first}
+    widget.mpp.setValue(0.25)
+    widget.set_mpp.click()
+    assert tuple(first.scale) == (0.25, 0.25) and tuple(second.scale) == (1.0, 1.0)

@@ -388,13 +388,13 @@ class ClassifyWidget(QWidget):
         if self._run_roi_layer is not None and self._run_roi_layer in self.viewer.layers:
             self._label_rois(self._run_roi_layer, result)
         self.legend_label.setText(_legend_html(result))
-        if result.n_tiles == 0:  # no maps: those of an earlier run would show what is not there
-            for layer in self.result_layers.values():
+        slide_layer = self._run_slide_layer
+        if result.n_tiles == 0:  # no maps: this slide's from an earlier run would show a result
+            for name in [n for n in self.result_layers if n.startswith(f"{slide_layer.name} [")]:
+                layer = self.result_layers.pop(name)
                 if layer in self.viewer.layers:
                     self.viewer.layers.remove(layer)
-            self.result_layers.clear()
             return
-        slide_layer = self._run_slide_layer
         base_scale = tuple(slide_layer.scale[-2:])
         base_translate = np.asarray(slide_layer.translate[-2:], dtype=float)
         stem = slide_layer.name

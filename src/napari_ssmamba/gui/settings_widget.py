@@ -115,8 +115,12 @@ class SettingsWidget(QWidget):
 
     def _drawn_over(self, slide_layer, slides) -> list:
         """The layers that move with ``slide_layer``: with one slide open, every other layer;
-        with several, the result layers named after it."""
+        with several, the result layers named after it (never another slide)."""
         if slides == [slide_layer]:
             return [layer for layer in self.viewer.layers if layer is not slide_layer]
         prefix = f"{slide_layer.name} ["
-        return [layer for layer in self.viewer.layers if layer.name.startswith(prefix)]
+        return [
+            layer
+            for layer in self.viewer.layers
+            if layer.name.startswith(prefix) and not is_slide_layer(layer)
+        ]
