@@ -121,7 +121,7 @@ def test_planted_pickle_is_not_executed(tmp_path):
 
 def test_a_pickle_is_refused_with_the_way_to_convert_it(tmp_path):
     model = create_model("ssmamba_test", num_classes=2).eval()
-    torch.save(model.state_dict(), tmp_path / "weights.pth")
+    torch.save({"state_dict": model.state_dict()}, tmp_path / "weights.pth")  # as Lightning does
     with pytest.raises(CheckpointError, match="never opens") as refused:
         load_checkpoint(tmp_path / "weights.pth")  # no card: the pickle is named, not the card
     # the conversion the message gives, run where the file is trusted, makes a loadable pair

@@ -133,9 +133,11 @@ def _resolve(path: Path) -> tuple[Path, Path]:
         raise CheckpointError(
             f"{path}: a pickle file, which napari-ssmamba never opens (unpickling can run code). "
             "Where you trust the file, convert it: python -c \"import torch; from "
-            "safetensors.torch import save_file; "
-            f"save_file(torch.load('{path}', weights_only=True), '{converted}')\", and point at "
-            f"{converted.name} with its card {card.name} beside it (see docs/model.md)."
+            f"safetensors.torch import save_file; s = torch.load({str(path)!r}, "
+            "weights_only=True); s = s.get('state_dict', s.get('model', s)); save_file({k: "
+            f"v.clone().contiguous() for k, v in s.items()}}, {str(converted)!r})\", and point "
+            f"at {converted.name} with a card {card.name} beside it (one without the old "
+            "weights_sha256, or both re-saved with save_checkpoint; see docs/model.md)."
         )
     return path, card
 
