@@ -111,10 +111,11 @@ def test_bad_options(tmp_path, checkpoint):
             "--roi",
             str(bad),
             "--out",
-            str(tmp_path),
+            str(tmp_path / "new"),
         ],
     )
     assert result.exit_code == 1 and "bad.geojson" in result.output
+    assert not (tmp_path / "new").exists()  # the folder made for the run goes with it
 
 
 def test_forcing_nvjpeg_where_it_cannot_run_says_why(tmp_path, checkpoint):

@@ -133,40 +133,42 @@ def run_classify(
 
     from napari_ssmamba.cli import warnings_shown_on
     from napari_ssmamba.errors import SSMambaError
-    from napari_ssmamba.export import prepare_output_dir
+    from napari_ssmamba.export import prepared_output_dir
     from napari_ssmamba.inference import run_slide
     from napari_ssmamba.model import default_checkpoint, load_checkpoint
 
     try:
-        prepare_output_dir(out_dir)
-        checkpoint = checkpoint or default_checkpoint()
-        model, card = load_checkpoint(checkpoint, device="cpu")
-        if card.untrained:
-            click.secho(
-                f"warning: the model {checkpoint} is UNTRAINED; its classes are not a result.",
-                fg="yellow",
-                err=True,
-            )
-        with Progress(transient=True) as bar, warnings_shown_on(bar.console):
-            task = bar.add_task("classifying", total=None)
+        with prepared_output_dir(out_dir):  # removed again if the run fails before writing
+            checkpoint = checkpoint or default_checkpoint()
+            model, card = load_checkpoint(checkpoint, device="cpu")
+            if card.untrained:
+                click.secho(
+                    f"warning: the model {checkpoint} is UNTRAINED; its classes are not a result.",
+                    fg="yellow",
+                    err=True,
+                )
+            with Progress(transient=True) as bar, warnings_shown_on(bar.console):
+                task = bar.add_task("classifying", total=None)
 
-            def progress(done: int, total: int, message: str = "") -> None:
-                bar.update(task, completed=done, total=total, description=message or "classifying")
+                def progress(done: int, total: int, message: str = "") -> None:
+                    bar.update(
+                        task, completed=done, total=total, description=message or "classifying"
+                    )
 
-            return run_slide(
-                slide,
-                model,
-                card,
-                out_dir,
-                rois=roi_path,
-                mpp=mpp,
-                device=device,
-                stride=stride,
-                batch_size=batch_size,
-                decoder=decoder,
-                progress=progress,
-                run_info={"command": command, "model_path": str(checkpoint)},
-            )
+                return run_slide(
+                    slide,
+                    model,
+                    card,
+                    out_dir,
+                    rois=roi_path,
+                    mpp=mpp,
+                    device=device,
+                    stride=stride,
+                    batch_size=batch_size,
+                    decoder=decoder,
+                    progress=progress,
+                    run_info={"command": command, "model_path": str(checkpoint)},
+                )
     except (SSMambaError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     except KeyboardInterrupt:  # the exit status of ssmamba predict, and of shells, for Ctrl-C

@@ -91,7 +91,7 @@ def predict(
 
     import distributed  # configures its loggers on import, so import it before setting them
     from napari_ssmamba.errors import SSMambaError
-    from napari_ssmamba.export import prepare_output_dir
+    from napari_ssmamba.export import prepared_output_dir
     from napari_ssmamba.inference import batch
     from napari_ssmamba.inference.predict import resolve_device
 
@@ -120,16 +120,19 @@ def predict(
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     checkpoint = _check_checkpoint(checkpoint)
-    try:
-        prepare_output_dir(out_dir)
-        if scheduler is None:  # the local cluster's workers use this machine's devices
+    if scheduler is None:  # the local cluster's workers use this machine's devices
+        try:
             resolve_device(device)
-    except (OSError, SSMambaError) as exc:
-        raise click.ClickException(str(exc)) from exc
+        except SSMambaError as exc:
+            raise click.ClickException(str(exc)) from exc
     record = batch.RunRecord(arguments, str(checkpoint.resolve()),
                              batch.model_card_sha256(checkpoint))
 
     with contextlib.ExitStack() as stack:
+        try:  # removed again if the run fails before writing
+            stack.enter_context(prepared_output_dir(out_dir))
+        except OSError as exc:
+            raise click.ClickException(str(exc)) from exc
         try:
             client, info = stack.enter_context(batch.dask_client(
                 scheduler, n_workers, device, processes=not worker_threads))

@@ -11,7 +11,7 @@ from napari_ssmamba._lazy import lazy_getattr
 _EXPORTS = {
     "write_outputs": "outputs",
     "output_paths": "paths",
-    "prepare_output_dir": "paths",
+    "prepared_output_dir": "paths",
     "slide_stem": "paths",
     "outputs_complete": "record",
     "record_summary": "record",
@@ -30,7 +30,7 @@ _EXPORTS = {
 __all__ = [
     "output_paths",
     "outputs_complete",
-    "prepare_output_dir",
+    "prepared_output_dir",
     "record_summary",
     "render_figure",
     "render_heatmap_rgba",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 #: output kind -> file suffix; "run" (the run record) is written last
@@ -27,12 +29,15 @@ def slide_stem(slide_path: str | os.PathLike) -> str:
     return Path(name).stem
 
 
-def prepare_output_dir(out_dir: str | os.PathLike) -> Path:
-    """Create ``out_dir`` and check that a file can be written in it, before any work is done.
+@contextlib.contextmanager
+def prepared_output_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """Create ``out_dir`` and check that a file can be written in it, before any work is done; if
+    the work fails while a folder made here is still empty, remove it again.
 
     Raises ``OSError`` naming the folder, the reason and the fix.
     """
     out_dir = Path(out_dir)
+    created = not out_dir.exists()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out_dir):
@@ -42,7 +47,12 @@ def prepare_output_dir(out_dir: str | os.PathLike) -> Path:
             f"{out_dir}: outputs cannot be written there ({exc.strerror or exc}); choose another "
             "output folder."
         ) from None
-    return out_dir
+    try:
+        yield out_dir
+    except BaseException:
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        raise
 
 
 def output_paths(out_dir: str | os.PathLike, stem: str) -> dict[str, Path]:

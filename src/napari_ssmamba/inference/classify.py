@@ -420,7 +420,7 @@ def load_rois(rois):
         if kind != "annotation":
             left_out[f"{kind} objects"] += 1
         elif not _as_geometry(roi).area > 0:
-            left_out["points or lines"] += 1
+            left_out["points, lines or empty shapes"] += 1
         else:
             kept.append(roi)
     if left_out:
