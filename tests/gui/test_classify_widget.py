@@ -273,17 +273,3 @@ def test_a_model_that_cannot_be_prepared_is_named_in_the_status(
         lambda: "Could not prepare the run" in widget.status_label.text(), timeout=30_000
     )
     assert "nowhere.safetensors" in widget.status_label.text()
-
-
-def test_a_slide_without_tissue_has_no_tissue_not_an_roi_outside_it():
-    from types import SimpleNamespace
-
-    import shapely
-
-    from napari_ssmamba.gui.classify_widget import _verdict
-
-    result = SimpleNamespace(slide_dimensions_wh=(100, 100))
-    whole_tissue = SimpleNamespace(class_name=None, geometry=shapely.Polygon())  # no tile at all
-    assert _verdict(whole_tissue, result) == "no tissue"
-    elsewhere = SimpleNamespace(class_name=None, geometry=shapely.box(200, 200, 300, 300))
-    assert _verdict(elsewhere, result) == "outside the slide"

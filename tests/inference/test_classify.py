@@ -195,3 +195,15 @@ def test_objects_that_are_not_rois_are_left_out_and_counted(data_dir, small_mode
     )
     assert any("1 of 2 ROIs lie wholly outside the slide" in m for m in messages)
     assert len(result.rois) == 2
+
+
+def test_a_slide_without_tissue_has_no_tissue_not_an_roi_outside_it():
+    from types import SimpleNamespace
+
+    from napari_ssmamba.inference import ClassificationResult
+
+    whole_tissue = SimpleNamespace(class_name=None, geometry=shapely.Polygon())  # no tile at all
+    elsewhere = SimpleNamespace(class_name=None, geometry=shapely.box(200, 200, 300, 300))
+    result = SimpleNamespace(rois=[whole_tissue, elsewhere], slide_dimensions_wh=(100, 100))
+    assert ClassificationResult.roi_verdict(result, 0) == "no tissue"
+    assert ClassificationResult.roi_verdict(result, 1) == "outside the slide"

@@ -46,8 +46,10 @@ def result_annotations(result, tiles: bool = True) -> list:
             n_background_tiles=int(roi.n_background_tiles),
         )
         source = roi.annotation if hasattr(roi.annotation, "geometry") else None
-        fields = {"name": result.roi_label(index), "id": _stable_id(result, roi.geometry.wkt)}
-        if source is not None:
+        fields = {"name": result.roi_label(index)}
+        if source is None:
+            fields["id"] = _stable_id(result, roi.geometry.wkt)
+        else:
             fields |= {
                 "id": source.id,
                 "is_ellipse": source.is_ellipse,

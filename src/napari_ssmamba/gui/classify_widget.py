@@ -481,7 +481,7 @@ class ClassifyWidget(QWidget):
         for row_id in ids:
             index, roi = by_id.get(row_id, (None, None))
             labels.append(
-                "" if roi is None else f"{result.roi_label(index)}: {_verdict(roi, result)}"
+                "" if roi is None else f"{result.roi_label(index)}: {result.roi_verdict(index)}"
             )
             if roi is None or roi.class_index is None:
                 classes.append("")
@@ -568,19 +568,5 @@ def _legend_html(result) -> str:
     for index, roi in enumerate(result.rois[:20]):
         label = result.roi_label(index)
         tiles = f"{roi.n_tiles} tile{'' if roi.n_tiles == 1 else 's'}"
-        rois.append(f"{label}: <b>{_verdict(roi, result)}</b>, {tiles}")
+        rois.append(f"{label}: <b>{result.roi_verdict(index)}</b>, {tiles}")
     return "<b>Classes</b><br>" + "<br>".join(rows) + "<br><br>" + "<br>".join(rois)
-
-
-def _verdict(roi, result) -> str:
-    """``"tumour 0.87"``, or why the ROI has no class."""
-    import shapely
-
-    if roi.class_name is not None:
-        return f"{roi.class_name} {roi.confidence:.2f}"
-    geometry = roi.geometry  # empty for a whole tissue without any
-    if not geometry.is_empty and not geometry.intersects(
-        shapely.box(0, 0, *result.slide_dimensions_wh)
-    ):
-        return "outside the slide"
-    return "no tissue"

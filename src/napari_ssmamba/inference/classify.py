@@ -18,7 +18,12 @@ import numpy as np
 
 from napari_ssmamba.errors import SlideError
 from napari_ssmamba.inference.heatmap import Grid, cells_inside, stitch_maps, stitch_values
-from napari_ssmamba.inference.result import ClassificationResult, RoiResult, RoiTiles
+from napari_ssmamba.inference.result import (
+    ClassificationResult,
+    RoiResult,
+    RoiTiles,
+    lies_outside,
+)
 from napari_ssmamba.inference.tiling import (
     MIN_ROI_FRACTION,
     MIN_TISSUE_FRACTION,
@@ -163,8 +168,6 @@ def classify_slide(
     :func:`~napari_ssmamba.inference.jpeg_batches.tile_reader_for`). On CUDA the model runs from
     CUDA graphs unless ``cuda_graphs`` is False.
     """
-    import shapely
-
     from napari_ssmamba.inference.jpeg_batches import JpegBatchReader, tile_reader_for
     from napari_ssmamba.inference.predict import predict_tiles, resolve_device
     from napari_ssmamba.inference.tissue import detect_tissue
@@ -185,8 +188,7 @@ def classify_slide(
     whole_tissue = rois is None
     roi_list = [] if whole_tissue else load_rois(rois)
     geometries = [_as_geometry(r) for r in roi_list]
-    on_slide = shapely.box(0, 0, *slide_wh)
-    outside = sum(not g.intersects(on_slide) for g in geometries)
+    outside = sum(lies_outside(g, slide_wh) for g in geometries)
     if outside:
         warnings.warn(
             f"{getattr(slide, 'path', 'the slide')}: {outside} of {len(geometries)} ROIs lie "

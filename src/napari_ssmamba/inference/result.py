@@ -11,6 +11,14 @@ from napari_ssmamba.inference.heatmap import Grid
 from napari_ssmamba.inference.tiling import TileGeometry
 
 
+def lies_outside(geometry, slide_wh: tuple[int, int]) -> bool:
+    """Whether a geometry (level-0 px) lies wholly outside a slide of ``slide_wh`` px; an empty
+    one (a whole tissue without any) does not."""
+    import shapely
+
+    return not geometry.is_empty and not geometry.intersects(shapely.box(0, 0, *slide_wh))
+
+
 @dataclass
 class RoiTiles:
     """The tiles one ROI uses and their predictions (what the per-ROI cache holds)."""
@@ -119,6 +127,15 @@ class ClassificationResult:
         if self.whole_tissue:
             return "Tissue"
         return getattr(self.rois[index].annotation, "name", None) or f"ROI {index + 1}"
+
+    def roi_verdict(self, index: int) -> str:
+        """ROI ``index``'s class and confidence (``"tumour 0.87"``), or why it has none."""
+        roi = self.rois[index]
+        if roi.class_name is not None:
+            return f"{roi.class_name} {roi.confidence:.2f}"
+        if lies_outside(roi.geometry, self.slide_dimensions_wh):
+            return "outside the slide"
+        return "no tissue"
 
     @property
     def stem(self) -> str:
