@@ -25,6 +25,17 @@ SUBCOMMANDS = {
 
 
 @contextlib.contextmanager
+def errors_as_messages():
+    """Our errors, and missing or unreadable files, end the command with their message (exit 1)."""
+    from napari_ssmamba.errors import SSMambaError
+
+    try:
+        yield
+    except (SSMambaError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@contextlib.contextmanager
 def warnings_shown_on(console):
     """Show Python warnings as one ``warning: ...`` line on a rich ``console`` (above its
     progress bar), without the file, line and source that Python prints."""

@@ -131,14 +131,14 @@ def run_classify(
     """Load the model, run the pipeline with a progress bar; our errors become ClickExceptions."""
     from rich.progress import Progress
 
-    from napari_ssmamba.cli import warnings_shown_on
-    from napari_ssmamba.errors import SSMambaError
+    from napari_ssmamba.cli import errors_as_messages, warnings_shown_on
     from napari_ssmamba.export import prepared_output_dir
     from napari_ssmamba.inference import run_slide
     from napari_ssmamba.model import default_checkpoint, load_checkpoint
 
     try:
-        with prepared_output_dir(out_dir):  # removed again if the run fails before writing
+        # the folder is removed again if the run fails before writing
+        with errors_as_messages(), prepared_output_dir(out_dir):
             checkpoint = checkpoint or default_checkpoint()
             model, card = load_checkpoint(checkpoint, device="cpu")
             if card.untrained:
@@ -169,8 +169,6 @@ def run_classify(
                     progress=progress,
                     run_info={"command": command, "model_path": str(checkpoint)},
                 )
-    except (SSMambaError, OSError) as exc:
-        raise click.ClickException(str(exc)) from exc
     except KeyboardInterrupt:  # the exit status of ssmamba predict, and of shells, for Ctrl-C
         click.secho(
             f"interrupted: no half-written file is left in {out_dir}; run the same command again",

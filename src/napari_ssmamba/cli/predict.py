@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from napari_ssmamba.cli import errors_as_messages
 from napari_ssmamba.cli.classify import MppType
 
 
@@ -90,7 +91,6 @@ def predict(
     from rich.console import Console
 
     import distributed  # configures its loggers on import, so import it before setting them
-    from napari_ssmamba.errors import SSMambaError
     from napari_ssmamba.export import prepared_output_dir
     from napari_ssmamba.inference import batch
     from napari_ssmamba.inference.predict import resolve_device
@@ -121,18 +121,14 @@ def predict(
         raise click.UsageError(str(exc)) from exc
     checkpoint = _check_checkpoint(checkpoint)
     if scheduler is None:  # the local cluster's workers use this machine's devices
-        try:
+        with errors_as_messages():
             resolve_device(device)
-        except SSMambaError as exc:
-            raise click.ClickException(str(exc)) from exc
     record = batch.RunRecord(arguments, str(checkpoint.resolve()),
                              batch.model_card_sha256(checkpoint))
 
     with contextlib.ExitStack() as stack:
-        try:  # removed again if the run fails before writing
+        with errors_as_messages():  # the folder is removed again if the run fails before writing
             stack.enter_context(prepared_output_dir(out_dir))
-        except OSError as exc:
-            raise click.ClickException(str(exc)) from exc
         try:
             client, info = stack.enter_context(batch.dask_client(
                 scheduler, n_workers, device, processes=not worker_threads))
@@ -170,14 +166,11 @@ def predict(
 def _check_checkpoint(checkpoint: Path | None) -> Path:
     """The checkpoint to use (default: the bundled one), loaded once here so that a bad one fails
     before any slide; a warning when it is untrained."""
-    from napari_ssmamba.errors import SSMambaError
     from napari_ssmamba.model import default_checkpoint, load_checkpoint
 
-    try:
+    with errors_as_messages():
         checkpoint = Path(checkpoint or default_checkpoint())
         _, card = load_checkpoint(checkpoint, device="cpu")
-    except (SSMambaError, OSError) as exc:
-        raise click.ClickException(str(exc)) from exc
     if card.untrained:
         click.secho(f"warning: the model {checkpoint} is UNTRAINED; its classes are not a result.",
                     fg="yellow", err=True)

@@ -7,10 +7,11 @@ overrides and the typed options, shows a rich progress bar and writes metrics to
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import click
+
+from napari_ssmamba.cli import errors_as_messages, warnings_shown_on
 
 _config_option = click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
                               help="YAML run configuration (training/recipes/ has examples).")
@@ -61,17 +62,6 @@ def _require_sources(sources, config_path) -> None:
         )
 
 
-@contextlib.contextmanager
-def _errors_as_messages():
-    """Our errors, and missing or unreadable files, end the command with their message (exit 1)."""
-    from napari_ssmamba.errors import SSMambaError
-
-    try:
-        yield
-    except (SSMambaError, OSError) as exc:
-        raise click.ClickException(str(exc)) from exc
-
-
 def _is_main() -> bool:
     import os
 
@@ -92,10 +82,8 @@ def _run_with_progress(job, **kwargs):
         TimeRemainingColumn,
     )
 
-    from napari_ssmamba.cli import warnings_shown_on
-
     if not _is_main():
-        with _errors_as_messages():
+        with errors_as_messages():
             return job(**kwargs)
     console = Console(stderr=True)
     columns = (
@@ -106,7 +94,7 @@ def _run_with_progress(job, **kwargs):
         TimeRemainingColumn(),
     )
     with (
-        _errors_as_messages(),
+        errors_as_messages(),
         Progress(*columns, console=console) as bar,
         warnings_shown_on(bar.console),
     ):
@@ -189,7 +177,7 @@ def evaluate(checkpoint, config_path, overrides, output, device):
 
     config = _load(FinetuneConfig, config_path, overrides)
     _require_sources(config.data.val_sources or config.data.sources, config_path)
-    with _errors_as_messages():
+    with errors_as_messages():
         metrics = evaluate_from_config(
             checkpoint, config.data, seed=config.seed, device=resolve_device(device)
         )
