@@ -98,6 +98,9 @@ def test_rois_on_glass_only_are_said_so_and_leave_no_maps(
         "ROI 1: no tissue",
         "ROI 2: outside the slide",
     ]
+    # the label over the glass is black; the one over napari's black canvas is white
+    assert [tuple(c) for c in shapes.text.color.array] == [(0, 0, 0, 1), (1, 1, 1, 1)]
+    assert not shapes.face_color[:, 3].any()  # napari's white fill, drawn before the widget, goes
     assert not any(layer.name.startswith(f"{stem} [") for layer in viewer.layers)
     assert other in viewer.layers
 
@@ -198,6 +201,10 @@ def test_a_drawn_roi_layer_gets_the_slides_micron_units(qtbot, viewer_with_sampl
     shapes = viewer.add_shapes(scale=viewer.layers.extent.step, name="drawn")
     assert [str(u) for u in shapes.units] == ["micrometer", "micrometer"]
     assert [str(u) for u in viewer.layers.extent.units] == ["micrometer", "micrometer"]
+    # napari would fill what is drawn opaque white over the tissue: outlines instead
+    shapes.add_rectangles(np.array([[800, 700], [1600, 1500]], float))
+    assert shapes.face_color[0][3] == 0 and shapes.edge_width[0] > 1
+    assert tuple(shapes.edge_color[0]) == (1, 0, 0, 1)
     image = viewer.add_image(np.zeros((4, 4)), name="pixels, not drawn")
     assert str(image.units[-1]) == "pixel"  # only shapes and points layers are relabelled
 

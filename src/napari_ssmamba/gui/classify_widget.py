@@ -28,7 +28,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_ssmamba.gui.slide_reader import adopt_world_units, is_slide_layer
+from napari_ssmamba.gui.slide_reader import fit_drawn_layers_to_slides, is_slide_layer
 
 WHOLE_TISSUE = "(whole tissue)"
 BUNDLED_MODEL = "Bundled default model"
@@ -155,7 +155,7 @@ class ClassifyWidget(QWidget):
     def _refresh_layer_choices(self, event=None) -> None:
         from napari.layers import Shapes
 
-        adopt_world_units(self.viewer.layers)
+        fit_drawn_layers_to_slides(self.viewer.layers)
         slide_names = [layer.name for layer in self.viewer.layers if is_slide_layer(layer)]
         for name in slide_names:  # connecting twice is a no-op in napari
             self.viewer.layers[name].events.scale.connect(self._on_slide_rescaled)
@@ -468,20 +468,30 @@ class ClassifyWidget(QWidget):
             self.result_layers[name] = layer
         return layer
 
-    @staticmethod
-    def _label_rois(layer, result) -> None:
-        """Predicted class, confidence, edge colour and text on each ROI row."""
+    def _label_rois(self, layer, result) -> None:
+        """Predicted class, confidence, edge colour and text on each ROI row.
+
+        The text is black over the slide and, where an ROI's label falls off it, in the colour
+        that reads on napari's canvas. A white fill napari gave new shapes is cleared.
+        """
         by_id = {}
         for index, roi in enumerate(result.rois):
             if roi.annotation is not None:
                 by_id[roi.annotation.id] = index, roi
         features = layer.features.copy()
         ids = features["id"].astype(str).tolist() if "id" in features else [""] * len(layer.data)
-        classes, confidences, labels, edges = [], [], [], []
+        off_slide_text = _text_color_on(self.viewer.theme)
+        width, height = result.slide_dimensions_wh
+        classes, confidences, labels, edges, text_colors = [], [], [], [], []
         for row_id in ids:
             index, roi = by_id.get(row_id, (None, None))
             labels.append(
                 "" if roi is None else f"{result.roi_label(index)}: {result.roi_verdict(index)}"
+            )
+            text_colors.append(
+                "black"
+                if roi is None or _label_on_slide(roi.geometry, width, height)
+                else off_slide_text
             )
             if roi is None or roi.class_index is None:
                 classes.append("")
@@ -497,9 +507,14 @@ class ClassifyWidget(QWidget):
         _set_features(layer, features)
         layer.edge_color = edges
         layer.edge_width = [max(float(w), 12.0) for w in np.ravel(layer.edge_width)]
+        faces = np.asarray(layer.face_color, dtype=float).reshape(-1, 4)
+        napari_white = np.all(faces == 1.0, axis=1)
+        if napari_white.any():
+            faces[napari_white, 3] = 0.0
+            layer.face_color = faces
         layer.text = {
             "string": "{prediction}",
-            "color": "black",
+            "color": {"array": text_colors, "default": "black"},
             "size": 11,
             "anchor": "upper_left",
         }
@@ -531,6 +546,21 @@ def open_classify_widgets(viewer) -> list[ClassifyWidget]:
         if widget is not None:
             found.append(widget)
     return found
+
+
+def _label_on_slide(geometry, width: int, height: int) -> bool:
+    """Whether napari's upper-left label of a shape (drawn above its bounding box) is over the
+    slide rather than the canvas around it."""
+    left, top = geometry.bounds[:2]
+    return 0 < top <= height and 0 <= left < width
+
+
+def _text_color_on(theme: str) -> str:
+    """Black or white, whichever reads on the canvas of napari theme ``theme``."""
+    from napari.utils.theme import get_theme
+
+    red, green, blue = get_theme(theme).canvas.as_rgb_tuple()[:3]
+    return "black" if 0.299 * red + 0.587 * green + 0.114 * blue > 128 else "white"
 
 
 def _set_features(layer, features) -> None:

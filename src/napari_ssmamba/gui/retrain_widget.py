@@ -29,7 +29,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_ssmamba.annotations.colors import default_class_color
-from napari_ssmamba.gui.slide_reader import adopt_world_units, is_slide_layer
+from napari_ssmamba.gui.slide_reader import fit_drawn_layers_to_slides, is_slide_layer
 
 MIN_TILES_PER_CLASS = 20
 
@@ -153,7 +153,7 @@ class RetrainWidget(QWidget):
         return counts
 
     def _refresh(self, event=None) -> None:
-        adopt_world_units(self.viewer.layers)
+        fit_drawn_layers_to_slides(self.viewer.layers)
         current = self.slide_combo.currentText()
         self.slide_combo.clear()
         self.slide_combo.addItems(

@@ -182,26 +182,40 @@ def set_layer_mpp(layer, mpp: tuple[float, float], drawn_over=()) -> None:
     layer.units = (*layer.units[:-2], MICRONS, MICRONS)
 
 
-def adopt_world_units(layers) -> None:
-    """Label shapes and points layers that have no units with µm when a slide layer is in µm.
+def fit_drawn_layers_to_slides(layers) -> None:
+    """Make shapes and points layers drawn over a slide fit it: µm units, and outlines.
 
     A slide layer puts napari's world in µm; a layer drawn with napari's buttons has its data
     scaled into that world but keeps pixel units, so napari warns "Inconsistent units across
     layers" and the scale bar loses its µm. Its world coordinates are µm all the same: say so.
     (napari runs plugins' callbacks after its own, so its warning still shows once per such layer.)
+    A new shapes layer also fills what is drawn in it white, hiding the tissue being outlined:
+    it draws outlines instead, in QuPath's default red, wide enough to see on the slide.
     """
-    in_microns = any(
-        is_slide_layer(layer) and str(layer.units[-1]) in ("micrometer", MICRONS) for layer in layers
-    )
-    if not in_microns:
+    slides = [layer for layer in layers if is_slide_layer(layer)]
+    if not slides:
         return
     from napari.layers import Points, Shapes
 
+    in_microns = any(str(layer.units[-1]) in ("micrometer", MICRONS) for layer in slides)
+    slide_extent = max(max(layer.metadata["slide"].dimensions) for layer in slides)
     for layer in layers:
-        if isinstance(layer, (Shapes, Points)) and all(
-            str(unit) == PIXELS for unit in layer.units
-        ):
+        if not isinstance(layer, (Shapes, Points)):
+            continue
+        if in_microns and all(str(unit) == PIXELS for unit in layer.units):
             layer.units = (*layer.units[:-2], MICRONS, MICRONS)
+        if isinstance(layer, Shapes) and layer.nshapes == 0 and _has_napari_fill(layer):
+            layer.current_face_color = "transparent"
+            layer.current_edge_color = "#ff0000"
+            layer.current_edge_width = min(max(slide_extent / 400, 1.0), 16.0)
+            layer.opacity = 1.0
+
+
+def _has_napari_fill(layer) -> bool:
+    """Whether a shapes layer still fills new shapes with napari's default opaque white."""
+    from napari.utils.colormaps.standardize_color import transform_color
+
+    return bool(np.allclose(transform_color(layer.current_face_color), 1.0))
 
 
 def is_slide_layer(layer) -> bool:
