@@ -190,6 +190,17 @@ def test_cancel_reports_and_keeps_napari_running(qtbot, make_napari_viewer, smal
     assert widget.result is None and len(viewer.layers) == 1
 
 
+def test_the_legend_lists_every_roi_and_scrolls(qtbot, viewer_with_sample, small_checkpoint):
+    viewer = viewer_with_sample
+    mpp = np.asarray(viewer.layers[0].scale[-2:])
+    off_slide = [np.array([[4000 + 300 * i, 0], [4200 + 300 * i, 200]], float) for i in range(25)]
+    viewer.add_shapes(off_slide, shape_type="rectangle", name="ROIs", scale=mpp)
+    widget = _classify_rois_layer(qtbot, viewer, small_checkpoint)
+    assert "ROI 25: <b>outside the slide</b>" in widget.legend_label.text()
+    line = widget.legend_label.fontMetrics().lineSpacing()
+    assert 0 < widget.legend_area.height() <= 12 * line < widget.legend_label.sizeHint().height()
+
+
 def test_a_drawn_roi_layer_gets_the_slides_micron_units(qtbot, viewer_with_sample):
     # napari's "new shapes layer" button: the world's scale, pixel units, and napari would warn
     # "Inconsistent units across layers" and draw the scale bar without µm

@@ -22,6 +22,7 @@ from qtpy.QtWidgets import (
     QLabel,
     QLineEdit,
     QPushButton,
+    QScrollArea,
     QSlider,
     QSpinBox,
     QVBoxLayout,
@@ -110,6 +111,13 @@ class ClassifyWidget(QWidget):
         self.warning_label.setVisible(False)
         self.legend_label = QLabel("")
         self.legend_label.setTextFormat(Qt.TextFormat.RichText)
+        self.legend_label.setAlignment(Qt.AlignmentFlag.AlignTop)
+        # every ROI is listed; a long list scrolls instead of crowding out the docks below
+        self.legend_area = QScrollArea()
+        self.legend_area.setWidget(self.legend_label)
+        self.legend_area.setWidgetResizable(True)
+        self.legend_area.setFrameShape(QScrollArea.Shape.NoFrame)
+        self.legend_area.setFixedHeight(0)
         self.attention_check = QCheckBox("Show LPR attention")
         self.attention_check.toggled.connect(self._on_attention_toggled)
         self.attention_slider = QSlider(Qt.Orientation.Horizontal)
@@ -139,7 +147,7 @@ class ClassifyWidget(QWidget):
         layout.addLayout(buttons)
         layout.addWidget(self.warning_label)
         layout.addWidget(self.status_label)
-        layout.addWidget(self.legend_label)
+        layout.addWidget(self.legend_area)
         layout.addLayout(attention_row)
         layout.addStretch(1)
 
@@ -387,7 +395,7 @@ class ClassifyWidget(QWidget):
 
         if self._run_roi_layer is not None and self._run_roi_layer in self.viewer.layers:
             self._label_rois(self._run_roi_layer, result)
-        self.legend_label.setText(_legend_html(result))
+        self._show_legend(_legend_html(result))
         slide_layer = self._run_slide_layer
         if result.n_tiles == 0:  # no maps: this slide's from an earlier run would show a result
             for name in [n for n in self.result_layers if n.startswith(f"{slide_layer.name} [")]:
@@ -467,6 +475,12 @@ class ClassifyWidget(QWidget):
             layer = add(data, name=name, **kwargs)
             self.result_layers[name] = layer
         return layer
+
+    def _show_legend(self, html: str) -> None:
+        """The legend at its own height, up to 12 lines; a longer one scrolls."""
+        self.legend_label.setText(html)
+        most = 12 * self.legend_label.fontMetrics().lineSpacing()
+        self.legend_area.setFixedHeight(min(self.legend_label.sizeHint().height(), most))
 
     def _label_rois(self, layer, result) -> None:
         """Predicted class, confidence, edge colour and text on each ROI row.
@@ -595,7 +609,7 @@ def _legend_html(result) -> str:
         for name, c in zip(result.class_names, result.class_colors)
     ]
     rois = []
-    for index, roi in enumerate(result.rois[:20]):
+    for index, roi in enumerate(result.rois):
         label = result.roi_label(index)
         tiles = f"{roi.n_tiles} tile{'' if roi.n_tiles == 1 else 's'}"
         rois.append(f"{label}: <b>{result.roi_verdict(index)}</b>, {tiles}")
