@@ -64,6 +64,15 @@ def test_small_roi_gets_one_centred_tile_and_shared_tiles_are_predicted_once():
     assert len(plan.members) == 8
 
 
+def test_an_roi_outside_the_slide_gets_no_tile():
+    # not the slide's edge tile nearest to it, which would give it a class it does not have
+    beyond = [shapely.box(1200, 400, 1800, 600), shapely.box(-400, -400, -10, -10)]
+    plan = plan_tiles(_geometry(100), (1000, 1000), rois=beyond)
+    assert len(plan.boxes_l0) == 0 and plan.n_rois == 2
+    straddling = plan_tiles(_geometry(100), (1000, 1000), rois=[shapely.box(960, 400, 1020, 440)])
+    assert straddling.boxes_l0.tolist() == [[900, 370, 100, 100]]
+
+
 def test_background_tiles_are_counted_not_predicted():
     mask = np.zeros((10, 10), bool)
     mask[:, :5] = True  # left half is tissue; one mask cell = 100 level-0 px

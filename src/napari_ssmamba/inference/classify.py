@@ -18,15 +18,11 @@ import numpy as np
 
 from napari_ssmamba.errors import SlideError
 from napari_ssmamba.inference.heatmap import Grid, cells_inside, stitch_maps, stitch_values
-from napari_ssmamba.inference.result import (
-    ClassificationResult,
-    RoiResult,
-    RoiTiles,
-    lies_outside,
-)
+from napari_ssmamba.inference.result import ClassificationResult, RoiResult, RoiTiles
 from napari_ssmamba.inference.tiling import (
     MIN_ROI_FRACTION,
     MIN_TISSUE_FRACTION,
+    lies_outside,
     plan_tiles,
     tile_geometry,
 )

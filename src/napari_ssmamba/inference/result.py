@@ -8,15 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_ssmamba.inference.heatmap import Grid
-from napari_ssmamba.inference.tiling import TileGeometry
-
-
-def lies_outside(geometry, slide_wh: tuple[int, int]) -> bool:
-    """Whether a geometry (level-0 px) lies wholly outside a slide of ``slide_wh`` px; an empty
-    one (a whole tissue without any) does not."""
-    import shapely
-
-    return not geometry.is_empty and not geometry.intersects(shapely.box(0, 0, *slide_wh))
+from napari_ssmamba.inference.tiling import TileGeometry, lies_outside
 
 
 @dataclass

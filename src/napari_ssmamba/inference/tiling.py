@@ -11,7 +11,8 @@ Rules, stated once:
   overlapping ROIs share tiles and a moved ROI reuses the tiles it still covers.
 - Edge rule: a tile is kept for an ROI when at least ``min_roi_fraction`` (default half) of its area
   lies inside the ROI (holes excluded); its weight in the ROI's class is that fraction times the
-  tissue fraction. An ROI too small to hold any such tile gets one tile centred on it.
+  tissue fraction. An ROI too small to hold any such tile gets one tile centred on it, unless it
+  lies wholly outside the slide: such an ROI gets no tile.
 - Background: a kept tile with less than ``min_tissue_fraction`` tissue (see ``tissue.py``) is not
   predicted and is counted as background for its ROI.
 - Level: tiles are read from the lowest-resolution level whose MPP is at most the model's MPP
@@ -157,7 +158,7 @@ def plan_tiles(
                 )
             keep = fraction >= min_roi_fraction
             boxes, fraction = boxes[keep], fraction[keep]
-            if len(boxes) == 0 and not roi.is_empty:
+            if len(boxes) == 0 and not roi.is_empty and not lies_outside(roi, slide_wh):
                 boxes = _centred_box(roi, geometry, slide_wh)
                 fraction = np.ones(1)
             per_roi.append((boxes, fraction))
@@ -204,6 +205,14 @@ def plan_tiles(
         n_rois=n_rois,
         roi_geometries=roi_geometries,
     )
+
+
+def lies_outside(geometry, slide_wh: tuple[int, int]) -> bool:
+    """Whether a geometry (level-0 px) lies wholly outside a slide of ``slide_wh`` px; an empty
+    one (a whole tissue without any) does not."""
+    import shapely
+
+    return not geometry.is_empty and not geometry.intersects(shapely.box(0, 0, *slide_wh))
 
 
 def _centred_box(roi, geometry: TileGeometry, slide_wh: tuple[int, int]) -> np.ndarray:
