@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import shapely.affinity
 
 from napari_ssmamba.annotations import read_geojson
 from napari_ssmamba.errors import AnnotationError
@@ -106,3 +107,28 @@ def test_reader_places_annotations_on_the_open_slide(make_napari_viewer, annotat
         assert tuple(layer.scale) == (0.499, 0.499) and tuple(layer.translate) == (5.0, 7.0)
     assert list(shapes.features["class_name"]) == ["Tumor"] * 3
     np.testing.assert_allclose(shapes.edge_color[:, :3], [[200 / 255, 0, 0]] * 3)
+
+
+def test_annotations_keep_to_the_slide_when_a_heatmap_lies_on_top(
+    make_napari_viewer, annotations_dir, tmp_path
+):
+    # after a run the top-most image layers are heatmaps, 224 level-0 px to a cell
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-ssmamba", "cmu1_small_region")
+    slide = viewer.layers[0]
+    heatmap = viewer.add_image(
+        np.zeros((14, 10), np.float32), scale=slide.scale * 224, translate=slide.scale * 112
+    )
+    source = annotations_dir / "polygon.geojson"
+    [shapes] = viewer.open(str(source), plugin="napari-ssmamba")
+    assert tuple(shapes.scale) == tuple(slide.scale)
+    assert tuple(shapes.translate) == tuple(slide.translate)
+    # a layer in the heatmap's frame (napari's new-layer button copies the active layer's) is
+    # written in the slide's level-0 pixels
+    shapes.scale, shapes.translate = heatmap.scale, heatmap.translate
+    out = tmp_path / "out.geojson"
+    viewer.layers.selection = {shapes}
+    viewer.layers.save(str(out), selected=True, plugin="napari-ssmamba")
+    [original], [written] = read_geojson(source), read_geojson(out)
+    expected = shapely.affinity.affine_transform(original.geometry, [224, 0, 0, 224, 112, 112])
+    assert written.geometry.equals_exact(expected, 1e-6)

@@ -10,9 +10,11 @@ from napari_ssmamba.annotations import read_geojson
 from napari_ssmamba.annotations import write_geojson as write_annotations
 from napari_ssmamba.gui.layers import (
     LayerDataTuple,
+    annotations_in_slide_frame,
     annotations_to_layer_data,
     layer_to_annotations,
 )
+from napari_ssmamba.gui.slide_reader import annotation_frame_layer
 
 __all__ = ["get_geojson_reader", "read_geojson_layers", "write_geojson"]
 
@@ -46,8 +48,7 @@ def read_geojson_layers(path: str | list[str]) -> list[LayerDataTuple]:
 
     Geometry repairs show as warnings (napari notifications); unreadable files raise
     ``AnnotationError`` with the reason. The layers take the scale and translation of the
-    top-most image layer of the current viewer (the slide, in level-0 pixels, with µm scale),
-    else 1 px.
+    current viewer's slide (level-0 pixels, µm scale; see ``annotation_frame_layer``), else 1 px.
     """
     from napari.utils.notifications import show_error
 
@@ -73,24 +74,33 @@ def read_geojson_layers(path: str | list[str]) -> list[LayerDataTuple]:
 
 
 def _current_slide_frame() -> tuple[tuple[float, float] | None, tuple[float, float] | None]:
-    import napari
-
-    viewer = napari.current_viewer()
-    if viewer is None:
+    slide = _current_frame_layer()
+    if slide is None:
         return None, None
-    images = [layer for layer in viewer.layers if isinstance(layer, napari.layers.Image)]
-    if not images:
-        return None, None
-    slide = images[-1]
     scale = tuple(float(s) for s in slide.scale[-2:])
     translate = tuple(float(t) for t in slide.translate[-2:])
     return (None if scale == (1.0, 1.0) else scale), translate
 
 
+def _current_frame_layer():
+    import napari
+
+    viewer = napari.current_viewer()
+    return None if viewer is None else annotation_frame_layer(viewer)
+
+
 def write_geojson(path: str, layer_data: list[tuple[Any, dict, str]]) -> list[str]:
-    """Write shapes and points layers to ``path`` as one QuPath GeoJSON FeatureCollection."""
+    """Write shapes and points layers to ``path`` as one QuPath GeoJSON FeatureCollection, in the
+    level-0 pixels of the slide open in napari (a layer in another frame is mapped onto it)."""
+    from napari.layers import Layer
+
+    slide = _current_frame_layer()
     annotations = []
     for data, meta, layer_type in layer_data:
-        annotations.extend(layer_to_annotations((data, meta, layer_type)))
+        if slide is None:
+            annotations.extend(layer_to_annotations((data, meta, layer_type)))
+        else:
+            layer = Layer.create(data, meta, layer_type)
+            annotations.extend(annotations_in_slide_frame(layer, slide))
     write_annotations(annotations, path)
     return [str(path)]

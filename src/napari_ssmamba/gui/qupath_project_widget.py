@@ -29,6 +29,7 @@ from napari_ssmamba.annotations import (
 )
 from napari_ssmamba.errors import SSMambaError
 from napari_ssmamba.gui.layers import align_to_layer, annotations_to_layer_data
+from napari_ssmamba.gui.slide_reader import annotation_frame_layer
 
 _COLUMNS = ("Image", "Size (px)", "Pixel size (µm)", "File")
 
@@ -206,14 +207,14 @@ class QuPathProjectWidget(QWidget):
             self.load_geojson_file(path)
 
     def _on_align(self) -> None:
-        images = [layer for layer in self.viewer.layers if isinstance(layer, napari.layers.Image)]
+        slide = annotation_frame_layer(self.viewer)
         annotation_layers = [
             layer
             for layer in self.viewer.layers
             if layer.metadata.get("napari_ssmamba", {}).get("kind") == "annotations"
         ]
-        if images and annotation_layers:
-            align_to_layer(annotation_layers, images[-1])
+        if slide is not None and annotation_layers:
+            align_to_layer(annotation_layers, slide)
 
     # Helpers ----------------------------------------------------------------------------------
 

@@ -218,6 +218,18 @@ def _has_napari_fill(layer) -> bool:
     return bool(np.allclose(transform_color(layer.current_face_color), 1.0))
 
 
+def annotation_frame_layer(viewer):
+    """The layer whose level-0 pixels annotations are placed in: the selected slide layer, else
+    the top-most slide layer, else the top-most image layer; None without any. (Once a run has
+    shown its results, the top-most image layer is a heatmap, not the slide.)"""
+    from napari.layers import Image
+
+    slides = [layer for layer in viewer.layers if is_slide_layer(layer)]
+    selected = [layer for layer in slides if layer in viewer.layers.selection]
+    images = [layer for layer in viewer.layers if isinstance(layer, Image)]
+    return (selected or slides or images or [None])[-1]
+
+
 def is_slide_layer(layer) -> bool:
     return getattr(layer, "metadata", None) is not None and "slide_path" in layer.metadata
 
