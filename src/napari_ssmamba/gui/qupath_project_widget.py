@@ -160,7 +160,8 @@ class QuPathProjectWidget(QWidget):
         return layers
 
     def load_geojson_file(self, path: str | Path) -> list:
-        """Add layers for one GeoJSON file, on the top-most image layer; returns the layers."""
+        """Add layers for one GeoJSON file, on the slide (``annotation_frame_layer``); returns the
+        layers."""
         report: list[str] = []
         try:
             annotations = read_geojson(path, report=report)
