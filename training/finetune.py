@@ -44,7 +44,7 @@ def build_classifier(config: FinetuneConfig, num_classes: int):
     kwargs = {} if config.drop_path_rate is None else {"drop_path_rate": config.drop_path_rate}
     model = create_model(config.arch, num_classes=num_classes, **kwargs)
     if config.init:
-        backbone, _ = load_checkpoint(config.init, device="cpu")
+        backbone, _ = load_checkpoint(config.init, device="cpu", require_classes=False)
         state = {k: v for k, v in backbone.state_dict().items() if not k.startswith("head.")}
         missing, unexpected = model.load_state_dict(state, strict=False)
         if unexpected or any(not k.startswith("head.") for k in missing):

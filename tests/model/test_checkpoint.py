@@ -75,6 +75,8 @@ def test_weights_not_matching_the_card(saved):
     (lambda d: d.update(arch="resnet9000"), "unknown architecture"),
     (lambda d: d.update(format_version=FORMAT_VERSION + 1), "newer"),
     (lambda d: d.update(class_colors=[[1, 2, 3]]), "invalid model card"),
+    (lambda d: d.update(format_version="1"), "format_version must be a whole number"),
+    (lambda d: d.update(model_kwargs={"num_direction": 4}), "invalid model_kwargs"),
 ])
 def test_bad_cards(saved, edit, message):
     card_path = saved[1].with_suffix(".json")
@@ -83,6 +85,24 @@ def test_bad_cards(saved, edit, message):
     card_path.write_text(json.dumps(data))
     with pytest.raises(CheckpointError, match=message):
         load_checkpoint(saved[1])
+
+
+def test_a_backbone_is_no_classifier_and_a_folder_means_its_model(saved, tmp_path):
+    folder = saved[1].parent
+    backbone = create_model("ssmamba_test", num_classes=0)
+    save_checkpoint(backbone, _card(class_names=[], class_colors=[]), folder / "backbone.safetensors")
+    model, card = load_checkpoint(folder)  # model.safetensors, not the backbone sorted first
+    assert card.class_names == ["tumour", "stroma"]
+    saved[1].unlink()
+    with pytest.raises(CheckpointError, match="fine-tune it first"):
+        load_checkpoint(folder)
+    _, card = load_checkpoint(folder, require_classes=False)  # what fine-tuning starts from
+    assert card.num_classes == 0
+    (folder / "backbone.safetensors").rename(folder / "a.safetensors")
+    (folder / "backbone.json").rename(folder / "a.json")
+    save_checkpoint(backbone, _card(class_names=[], class_colors=[]), folder / "b.safetensors")
+    with pytest.raises(CheckpointError, match=r"several checkpoints .*a.safetensors, b.safetensors"):
+        load_checkpoint(folder, require_classes=False)
 
 
 def test_missing_card(saved):

@@ -61,6 +61,9 @@ class ModelCard:
     def from_dict(cls, data: dict, source: str = "<dict>") -> ModelCard:
         """Build a card from its JSON dict; unknown keys are kept out, missing ones are an error."""
         version = data.get("format_version", 0)
+        if not isinstance(version, int):
+            raise CheckpointError(f"{source}: format_version must be a whole number, got "
+                                  f"{version!r}; fix the JSON or re-save")
         if version > FORMAT_VERSION:
             raise CheckpointError(
                 f"{source}: model card format {version} is newer than this napari-ssmamba reads "
@@ -110,15 +113,27 @@ def save_checkpoint(model, card: ModelCard, path) -> Path:
     return path
 
 
+def _weights_in_folder(folder: Path) -> Path:
+    """A folder's ``model.safetensors`` (save_checkpoint's name), else its ``backbone.safetensors``
+    (MAMIM pretraining's), else its only other weights; a training state is not a checkpoint."""
+    for name in ("model.safetensors", "backbone.safetensors"):
+        if (folder / name).is_file():
+            return folder / name
+    others = [p for p in sorted(folder.glob("*.safetensors")) if p.stem != "train_state"]
+    if len(others) > 1:
+        raise CheckpointError(f"{folder}: several checkpoints in this folder "
+                              f"({', '.join(p.name for p in others)}); point at one of them")
+    others = others or sorted(p for s in PICKLE_SUFFIXES for p in folder.glob(f"*{s}"))
+    if not others:
+        raise CheckpointError(f"{folder}: no .safetensors weights in this folder; point at a "
+                              "checkpoint written by save_checkpoint")
+    return others[0]
+
+
 def _resolve(path: Path) -> tuple[Path, Path]:
     """(weights, card) for a weights file, a card, or a checkpoint directory."""
     if path.is_dir():
-        candidates = sorted(path.glob("*.safetensors")) or sorted(
-            p for s in PICKLE_SUFFIXES for p in path.glob(f"*{s}"))
-        if not candidates:
-            raise CheckpointError(f"{path}: no .safetensors weights in this folder; point at a "
-                                  "checkpoint written by save_checkpoint")
-        path = candidates[0]
+        path = _weights_in_folder(path)
     if path.suffix == ".json":
         weights = [path.with_suffix(s) for s in (".safetensors", *PICKLE_SUFFIXES)]
         found = [w for w in weights if w.exists()]
@@ -169,12 +184,13 @@ def _read_weights(path: Path) -> dict:
     raise CheckpointError(f"{path}: unknown weights format {path.suffix!r}; use .safetensors")
 
 
-def load_checkpoint(path, device="cpu", scan_backend: str = "auto"):
+def load_checkpoint(path, device="cpu", scan_backend: str = "auto", require_classes: bool = True):
     """Load ``(model, card)`` from a weights file, its card, or a checkpoint directory.
 
     Never opens a pickle. Raises :class:`CheckpointError` naming the file and the fix when
-    the card is missing or invalid, the weights' sha256 differs from the card's, or the weights do not
-    fit the card's architecture.
+    the card is missing or invalid, the weights' sha256 differs from the card's, the weights do not
+    fit the card's architecture, or (with ``require_classes``) the checkpoint is a backbone
+    without classes, such as MAMIM pretraining writes.
     """
     from napari_ssmamba.model.registry import create_model, list_models
     from napari_ssmamba.model.ssmamba import checkpoint_filter_fn
@@ -191,8 +207,16 @@ def load_checkpoint(path, device="cpu", scan_backend: str = "auto"):
     if card.arch not in list_models():
         raise CheckpointError(f"{card_path}: unknown architecture {card.arch!r}; known: "
                               f"{', '.join(list_models())}")
-    model = create_model(card.arch, num_classes=card.num_classes, scan_backend=scan_backend,
-                         **card.model_kwargs)
+    if require_classes and card.num_classes == 0:
+        raise CheckpointError(
+            f"{weights_path}: a backbone without classes (MAMIM pretraining's output), not a "
+            f"classifier; fine-tune it first: ssmamba train finetune --init {weights_path}")
+    try:
+        model = create_model(card.arch, num_classes=card.num_classes, scan_backend=scan_backend,
+                             **card.model_kwargs)
+    except TypeError as exc:
+        raise CheckpointError(f"{card_path}: invalid model_kwargs for {card.arch!r} ({exc}); fix "
+                              "the card or re-save the checkpoint with save_checkpoint") from exc
     state = checkpoint_filter_fn(_read_weights(weights_path), model)
     try:
         model.load_state_dict(state, strict=True)
