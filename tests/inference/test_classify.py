@@ -48,7 +48,7 @@ def test_heatmap_cells_hold_their_tile_probabilities(whole_tissue):
     r = whole_tissue
     grid = r.heatmap_grid
     for box, probs in zip(r.tile_boxes_l0[::5], r.tile_probabilities[::5]):
-        i0, i1, j0, j1 = grid.cell_ranges(box)
+        i0, i1, j0, j1 = grid.cell_ranges_of([box])[0]
         assert (i1 - i0, j1 - j0) == (1, 1)  # no overlap: one cell per tile
         np.testing.assert_allclose(r.heatmaps[:, i0, j0], probs, atol=1e-6)
         assert r.labels[i0, j0] == np.argmax(probs) + 1
@@ -146,6 +146,22 @@ def test_run_slide_keeps_the_pixel_size_a_slide_records(tmp_path, data_dir, smal
     record = run_slide(slide, model, card, tmp_path, rois=rois, mpp=0.25, device="cpu")
     assert record["slide"]["mpp_yx"] == pytest.approx([0.499, 0.499])
     assert [roi["name"] for roi in record["summary"]["rois"]] == ["ROI 1"]  # as in the figure
+
+
+def test_the_record_and_the_cli_give_the_widgets_verdicts(tmp_path, data_dir, small_model, capsys):
+    from napari_ssmamba.cli.classify import print_record
+
+    model, card = small_model
+    beyond = shapely.box(300, 5367, 900, 5967)  # 2,400 px below the 2,967 px high sample
+    rois = [shapely.box(700, 800, 1000, 1100), beyond]
+    slide = data_dir / "slides" / "CMU-1-Small-Region.svs"
+    with pytest.warns(UserWarning, match="outside the slide"):
+        record = run_slide(slide, model, card, tmp_path, rois=rois, device="cpu")
+    tissue, outside = record["summary"]["rois"]
+    assert outside["verdict"] == "outside the slide" and outside["n_tiles"] == 0
+    assert tissue["verdict"] == f"{tissue['class']} {tissue['confidence']:.2f}"
+    print_record(record, tmp_path)
+    assert "ROI 2: outside the slide, 0 tiles" in capsys.readouterr().out
 
 
 def test_multiplexed_slide_is_a_clear_error(data_dir, small_model):

@@ -186,8 +186,7 @@ def print_record(record: dict, out_dir: Path) -> None:
         "tiles skipped"
     )
     for roi in summary["rois"]:
-        verdict = f"{roi['class']} ({roi['confidence']:.2f})" if roi["class"] else "no tissue"
-        click.echo(f"  {roi['name']}: {verdict}, {roi['n_tiles']} tiles")
+        click.echo(f"  {roi['name']}: {roi['verdict']}, {roi['n_tiles']} tiles")
     if record["model"]["untrained"]:
         click.secho("  (untrained model: these classes are not a result)", fg="yellow")
     from napari_ssmamba.export import output_paths, slide_stem

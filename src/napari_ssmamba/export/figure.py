@@ -12,6 +12,8 @@ from napari_ssmamba._atomic import atomic_path
 from napari_ssmamba.export.tiff import render_heatmap_rgba
 
 HEATMAP_ALPHA = 0.5
+#: ROIs listed in the legend; the GeoJSON and the run record have them all
+LEGEND_ROIS = 12
 #: scale bar lengths to choose from, in µm
 SCALE_BAR_UM = (10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000)
 
@@ -50,7 +52,9 @@ def render_figure(result, thumbnail: np.ndarray, legend_width: int = 220):
             for ring in [polygon.exterior, *polygon.interiors]:
                 xy = [(x * sx, y * sy) for x, y in ring.coords]
                 outlines.line(xy, fill=tuple(color), width=2)
-    canvas = Image.new("RGB", (tw + legend_width, max(th, 200)), "white")
+    listed = min(len(result.rois), LEGEND_ROIS) + (len(result.rois) > LEGEND_ROIS)
+    legend_height = 42 + 20 * len(result.class_names) + 16 * listed + 50 * result.untrained
+    canvas = Image.new("RGB", (tw + legend_width, max(th, legend_height, 200)), "white")
     canvas.paste(picture, (0, 0))
     draw = ImageDraw.Draw(canvas)
 
@@ -63,14 +67,13 @@ def render_figure(result, thumbnail: np.ndarray, legend_width: int = 220):
         draw.text((x0 + 22, y), name, fill="black", font=small)
         y += 20
     y += 8
-    for roi_index, roi in enumerate(result.rois[:12]):
-        label = result.roi_label(roi_index)
-        text = (
-            f"{label}: {roi.class_name} ({roi.confidence:.2f})"
-            if roi.class_name
-            else f"{label}: no tissue"
-        )
+    for roi_index in range(min(len(result.rois), LEGEND_ROIS)):
+        text = f"{result.roi_label(roi_index)}: {result.roi_verdict(roi_index)}"
         draw.text((x0, y), text, fill="black", font=small)
+        y += 16
+    if len(result.rois) > LEGEND_ROIS:
+        more = f"… and {len(result.rois) - LEGEND_ROIS} more ROIs (GeoJSON)"
+        draw.text((x0, y), more, fill="black", font=small)
         y += 16
     if result.untrained:
         draw.text((x0, y + 8), "UNTRAINED MODEL:\nnot a result", fill=(200, 0, 0), font=font)

@@ -111,6 +111,7 @@ def run_record(result, outputs: dict[str, Path], run_info: dict | None = None) -
             "rois": [
                 {
                     "name": result.roi_label(index),
+                    "verdict": result.roi_verdict(index),
                     "class": roi.class_name,
                     "confidence": roi.confidence,
                     "n_tiles": roi.n_tiles,
