@@ -190,6 +190,34 @@ def test_cancel_reports_and_keeps_napari_running(qtbot, make_napari_viewer, smal
     assert widget.result is None and len(viewer.layers) == 1
 
 
+def test_an_roi_with_holes_and_parts_is_labelled_once(qtbot, viewer_with_sample, small_checkpoint):
+    import napari
+    import shapely
+
+    from napari_ssmamba.annotations import Annotation
+    from napari_ssmamba.gui.layers import annotations_to_layer_data
+
+    viewer = viewer_with_sample
+    lumen = shapely.Polygon(
+        shapely.box(700, 800, 1300, 1400).exterior,
+        [shapely.box(900, 1000, 1100, 1200).exterior.coords],
+    )
+    pair = shapely.MultiPolygon(
+        [shapely.box(700, 1600, 1000, 1900), shapely.box(1100, 1600, 1400, 1900)]
+    )
+    annotations = [Annotation(lumen, class_name="Tumor"), Annotation(pair, class_name="Stroma")]
+    [(data, meta, kind)] = annotations_to_layer_data(
+        annotations, mpp=viewer.layers[0].scale[-2:], name="ROIs"
+    )
+    viewer.add_layer(napari.layers.Layer.create(data, meta, kind))
+    widget = _classify_rois_layer(qtbot, viewer, small_checkpoint)
+    labels = list(viewer.layers["ROIs"].features["prediction"])
+    # rows: lumen, its hole, the pair's two parts
+    assert labels[0].startswith("ROI 1: ") and labels[2].startswith("ROI 2: ")
+    assert labels[1] == labels[3] == ""
+    assert widget.result.n_tiles > 0
+
+
 def test_the_legend_lists_every_roi_and_scrolls(qtbot, viewer_with_sample, small_checkpoint):
     viewer = viewer_with_sample
     mpp = np.asarray(viewer.layers[0].scale[-2:])

@@ -485,8 +485,10 @@ class ClassifyWidget(QWidget):
     def _label_rois(self, layer, result) -> None:
         """Predicted class, confidence, edge colour and text on each ROI row.
 
-        The text is black over the slide and, where an ROI's label falls off it, in the colour
-        that reads on napari's canvas. A white fill napari gave new shapes is cleared.
+        An ROI drawn as several rows (its holes, the parts of a multipolygon) is labelled once,
+        on its first part. The text is black over the slide and, where an ROI's label falls off
+        it, in the colour that reads on napari's canvas. A white fill napari gave new shapes is
+        cleared.
         """
         by_id = {}
         for index, roi in enumerate(result.rois):
@@ -497,11 +499,15 @@ class ClassifyWidget(QWidget):
         off_slide_text = _text_color_on(self.viewer.theme)
         width, height = result.slide_dimensions_wh
         classes, confidences, labels, edges, text_colors = [], [], [], [], []
+        labelled = set()
         for row_id in ids:
             index, roi = by_id.get(row_id, (None, None))
             labels.append(
-                "" if roi is None else f"{result.roi_label(index)}: {result.roi_verdict(index)}"
+                ""
+                if roi is None or index in labelled
+                else f"{result.roi_label(index)}: {result.roi_verdict(index)}"
             )
+            labelled.add(index)
             text_colors.append(
                 "black"
                 if roi is None or _label_on_slide(roi.geometry, width, height)
