@@ -61,7 +61,6 @@ class PretrainConfig(RunConfig):
 
     mask_ratio: float = 0.6
     mask_patch_size: int | None = None
-    decoder_dim: int | None = None
 
 
 @dataclass

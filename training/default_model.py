@@ -21,7 +21,6 @@ import numpy as np
 from .data import TileSet, cut_tiles, read_image, split_tiles, tiles_from_slide
 
 CLASS_NAMES = ["tissue", "background", "artefact"]
-CLASS_COLORS = {"tissue": [214, 39, 40], "background": [200, 200, 200], "artefact": [31, 119, 180]}
 RECIPE = Path(__file__).parent / "recipes" / "default.yaml"
 
 #: (path under the data folder, licence, what we take from it, assumed µm/px where the file has none)

@@ -47,6 +47,7 @@ def save_train_state(directory: str | Path, model, optimizer, meta: dict) -> Pat
 
 
 def has_train_state(directory: str | Path) -> bool:
+    """True when ``directory`` holds both files that :func:`save_train_state` writes."""
     return (Path(directory) / META).is_file() and (Path(directory) / TENSORS).is_file()
 
 

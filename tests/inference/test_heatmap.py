@@ -51,7 +51,7 @@ def _stitch_maps_tile_by_tile(grid, boxes, tile_maps):
     total = np.zeros(grid.shape_hw)
     count = np.zeros(grid.shape_hw, dtype=np.int32)
     for box, tile_map in zip(boxes, tile_maps):
-        i0, i1, j0, j1 = grid.cell_ranges(box)
+        i0, i1, j0, j1 = grid.cell_ranges_of([box])[0]
         if i1 <= i0 or j1 <= j0:  # off the grid
             continue
         image = Image.fromarray(tile_map.astype(np.float32), mode="F")
@@ -73,7 +73,11 @@ def test_maps_are_resized_like_pil_tile_by_tile(cell):
     np.testing.assert_allclose(stitch_maps(grid, boxes, maps), want, atol=1e-6)
 
 
-def test_cell_ranges_of_many_boxes_are_those_of_each():
+def test_cell_ranges_of_are_the_cells_whose_centres_lie_inside():
     boxes = np.array([[0, 0, 100, 100], [37.5, 12, 80, 61], [-20, 390, 100, 100]])
     grid = Grid((0.0, 0.0), 25.0, (16, 4))
-    assert grid.cell_ranges_of(boxes).tolist() == [list(grid.cell_ranges(b)) for b in boxes]
+    ranges = grid.cell_ranges_of(boxes)
+    assert ranges.dtype == np.int64
+    # the second box's right edge is clipped to the grid; the third lies below it (no rows)
+    assert ranges.tolist() == [[0, 4, 0, 4], [0, 3, 1, 4], [16, 16, 0, 3]]
+    assert grid.cell_ranges_of(boxes[1]).tolist() == [[0, 3, 1, 4]]  # one box, unnested

@@ -59,8 +59,3 @@ class Annotation:
         if self.class_name:
             return default_class_color(self.class_name)
         return UNCLASSIFIED_COLOR
-
-    @property
-    def is_detection(self) -> bool:
-        """True for detections, cells and tiles."""
-        return self.object_type in DETECTION_TYPES

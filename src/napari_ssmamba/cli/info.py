@@ -7,6 +7,9 @@ from pathlib import Path
 
 import click
 
+from napari_ssmamba.cli import errors_as_messages
+from napari_ssmamba.slide.properties import PROPERTY_OBJECTIVE_POWER
+
 #: the largest square read to check that the smallest stored level decodes
 _CHECK_SIDE = 256
 
@@ -31,7 +34,7 @@ def slide_summary(slide) -> dict:
             for i, (dims, ds) in enumerate(zip(slide.level_dimensions, slide.level_downsamples))
         ],
         "associated": {name: list(image.shape[1::-1]) for name, image in slide.associated.items()},
-        "objective_power": slide.properties.get("openslide.objective-power"),
+        "objective_power": slide.properties.get(PROPERTY_OBJECTIVE_POWER),
     }
 
 
@@ -72,16 +75,13 @@ def info(slide_path: Path, *, as_json: bool) -> None:
     Reads one tile of the smallest stored level, so a slide whose pixels cannot be decoded
     fails here with exit status 1.
     """
-    from napari_ssmamba.slide import SlideError, open_slide
+    from napari_ssmamba.slide import open_slide
 
-    try:
-        with open_slide(slide_path) as slide:
-            level = slide.native_level_count - 1
-            width, height = slide.level_dimensions[level]
-            slide.read_region(level, 0, 0, min(height, _CHECK_SIDE), min(width, _CHECK_SIDE))
-            summary = slide_summary(slide)
-    except SlideError as exc:
-        raise click.ClickException(str(exc)) from exc
+    with errors_as_messages(), open_slide(slide_path) as slide:
+        level = slide.native_level_count - 1
+        width, height = slide.level_dimensions[level]
+        slide.read_region(level, 0, 0, min(height, _CHECK_SIDE), min(width, _CHECK_SIDE))
+        summary = slide_summary(slide)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:

@@ -33,12 +33,11 @@ class Grid:
         shape = (int(np.ceil((y1 - y0) / cell_l0)), int(np.ceil((x1 - x0) / cell_l0)))
         return cls((float(y0), float(x0)), float(cell_l0), shape)
 
-    def cell_ranges(self, box_l0) -> tuple[int, int, int, int]:
-        """Cells ``i0:i1, j0:j1`` whose centres lie inside ``box_l0`` (minx, miny, width, height)."""
-        return tuple(int(v) for v in self.cell_ranges_of([box_l0])[0])
-
     def cell_ranges_of(self, boxes_l0) -> np.ndarray:
-        """:meth:`cell_ranges` of every box at once: (n, 4) int64 rows ``i0, i1, j0, j1``."""
+        """Cells ``i0:i1, j0:j1`` whose centres lie inside each box (minx, miny, width, height).
+
+        (n, 4) int64 rows ``i0, i1, j0, j1``, clipped to the grid (empty for a box off it).
+        """
         boxes = np.asarray(boxes_l0, dtype=np.float64).reshape(-1, 4)
         x, y, w, h = boxes.T
         oy, ox = self.origin_l0_yx

@@ -1,4 +1,4 @@
-"""Model registry in timm's manner: one entrypoint function per size, each with a default config."""
+"""Model registry in timm's manner: one entrypoint function per size."""
 
 from __future__ import annotations
 
@@ -6,13 +6,11 @@ import fnmatch
 from collections.abc import Callable
 
 _model_entrypoints: dict[str, Callable] = {}
-_model_default_cfgs: dict[str, dict] = {}
 
 
-def register_model(fn: Callable, default_cfg: dict | None = None) -> Callable:
+def register_model(fn: Callable) -> Callable:
     """Record ``fn`` under its own name; ``create_model(fn.__name__)`` then calls it."""
     _model_entrypoints[fn.__name__] = fn
-    _model_default_cfgs[fn.__name__] = dict(default_cfg or {})
     return fn
 
 
@@ -27,11 +25,6 @@ def list_models(pattern: str = "*", exclude: str | None = None) -> list[str]:
     if exclude:
         names = [n for n in names if not fnmatch.fnmatch(n, exclude)]
     return sorted(names)
-
-
-def get_default_cfg(name: str) -> dict:
-    _ensure_registered()
-    return dict(_model_default_cfgs[name])
 
 
 def create_model(name: str, num_classes: int | None = None, **kwargs):

@@ -107,6 +107,7 @@ class SSMamba(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def set_grad_checkpointing(self, enable: bool = True):
+        """Recompute each block in the backward pass to save memory (training; off by default)."""
         for stage in self.stages:
             stage.grad_checkpointing = enable
 
@@ -117,9 +118,11 @@ class SSMamba(nn.Module):
                 m.scan_backend = backend
 
     def get_classifier(self):
+        """The classifier head: ``nn.Linear``, or ``nn.Identity`` when ``num_classes`` is 0."""
         return self.head
 
     def reset_classifier(self, num_classes: int):
+        """Replace the head by a new, untrained one for ``num_classes`` (0: ``nn.Identity``)."""
         self.num_classes = num_classes
         device = self.norm.weight.device
         self.head = (nn.Linear(self.num_features, num_classes, device=device) if num_classes
@@ -141,6 +144,7 @@ class SSMamba(nn.Module):
         return self.norm(self.stages(self._stem(x)).mean(dim=(1, 2)))
 
     def forward_head(self, x, pre_logits: bool = False):
+        """Pooled features (B, num_features) -> logits; ``pre_logits`` stops after the dropout."""
         x = F.dropout(x, self.drop_rate, self.training)
         return x if pre_logits else self.head(x)
 
@@ -201,9 +205,10 @@ def _mask_at(mask, hw):
 
 
 def checkpoint_filter_fn(state_dict: dict, model: SSMamba) -> dict:
-    """Rewrite older key layouts into the current names; drop a mismatched classifier.
+    """Rewrite older key layouts into the current names; every tensor is kept, the head included.
 
     Format 0 called the DMS merge weights ``mixer.path_weight`` and the stem ``patch_embed``.
+    ``model`` is not used; it is there for timm's ``filter_fn(state_dict, model)`` signature.
     """
     out = {}
     for key, value in state_dict.items():
@@ -241,16 +246,19 @@ def ssmamba_test(**kwargs):
 
 
 def ssmamba_tiny(**kwargs):
+    """SSMamba-Tiny: dims (48, 96, 192, 384), depths (1, 2, 4, 2); the bundled model's size."""
     return _create_ssmamba("ssmamba_tiny", **kwargs)
 
 
 def ssmamba_small(**kwargs):
+    """SSMamba-Small: dims (64, 128, 320, 512), depths (1, 2, 2, 4), alternating 2-way scans."""
     return _create_ssmamba("ssmamba_small", **kwargs)
 
 
 def ssmamba_base(**kwargs):
+    """SSMamba-Base: dims (96, 192, 384, 768), depths (2, 2, 6, 4), alternating 2-way scans."""
     return _create_ssmamba("ssmamba_base", **kwargs)
 
 
 for _fn in (ssmamba_test, ssmamba_tiny, ssmamba_small, ssmamba_base):
-    register_model(_fn, _cfg(architecture=_fn.__name__))
+    register_model(_fn)

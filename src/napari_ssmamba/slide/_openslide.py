@@ -38,10 +38,6 @@ def detect_vendor(path: Path) -> str | None:
     return _lowlevel().detect_vendor(str(path))
 
 
-def library_version() -> str:
-    return _lowlevel().get_version()
-
-
 class OpenSlideFailure(Exception):
     """OpenSlide refused a file or a read; ``reason`` is its message."""
 

@@ -15,6 +15,7 @@ from napari_ssmamba.slide.properties import (
     PROPERTY_BACKGROUND_COLOR,
     PROPERTY_MPP_X,
     PROPERTY_MPP_Y,
+    PROPERTY_VENDOR,
     mpp_from_tiff_resolution,
     plausible_mpp,
 )
@@ -68,7 +69,7 @@ def _mpp(properties: dict[str, str]) -> tuple[float, float] | None:
         mpp = (float(properties[PROPERTY_MPP_Y]), float(properties[PROPERTY_MPP_X]))
     except (KeyError, ValueError):
         return None
-    if properties.get("openslide.vendor") == "generic-tiff":
+    if properties.get(PROPERTY_VENDOR) == "generic-tiff":
         # generic TIFF pixel sizes come from the resolution tags: check them like tifffile's
         try:
             resolution = (float(properties["tiff.XResolution"]),
@@ -108,7 +109,7 @@ class OpenSlideSlide(Slide):
         background = _background(properties)
         cache = TileCache(cache_bytes)
         self._direct = None
-        if pixel_reader == "auto" and properties.get("openslide.vendor") in DIRECT_TILE_VENDORS:
+        if pixel_reader == "auto" and properties.get(PROPERTY_VENDOR) in DIRECT_TILE_VENDORS:
             from napari_ssmamba.slide.tiff_slide import direct_tile_levels
 
             self._direct = direct_tile_levels(path, self._pool.level_dimensions, cache)
@@ -134,7 +135,7 @@ class OpenSlideSlide(Slide):
             properties.update({PROPERTY_MPP_Y: repr(mpp[0]), PROPERTY_MPP_X: repr(mpp[1])})
         super().__init__(
             path,
-            vendor=properties.get("openslide.vendor", "unknown"),
+            vendor=properties.get(PROPERTY_VENDOR, "unknown"),
             properties=properties,
             mpp=mpp,
             readers=readers,

@@ -47,6 +47,22 @@ _ASSOCIATED_SERIES = {"thumbnail": "thumbnail", "label": "label", "macro": "macr
 _QPTIFF_ASSOCIATED = {"Thumbnail": "thumbnail", "Overview": "macro", "Label": "label"}
 
 
+def _jpeg_tables(page) -> bytes | None:
+    """The JPEG tables of a page (a TiffFrame has none of its own: its keyframe's)."""
+    return getattr(page, "jpegtables", None) or page.keyframe.jpegtables
+
+
+def _is_plain_tiled_rgb8(page) -> bool:
+    """True for a tiled page of interleaved 8-bit RGB or YCbCr samples (any compression)."""
+    return bool(
+        page.is_tiled
+        and page.samplesperpixel == 3
+        and page.planarconfig == 1
+        and page.dtype == np.uint8
+        and int(page.photometric) in (2, 6)
+    )
+
+
 def _cannot_decode_hint() -> str:
     """Why a segment may not decode: imagecodecs missing, or the file itself."""
     try:
@@ -107,7 +123,7 @@ class JpegTiles:
         self.colorspace = "RGB" if rgb else "YCbCr"
         self._offsets = np.asarray(page.dataoffsets, dtype=np.int64)
         self._sizes = np.asarray(page.databytecounts, dtype=np.int64)
-        tables = getattr(page, "jpegtables", None) or page.keyframe.jpegtables
+        tables = _jpeg_tables(page)
         # abbreviated streams: the tables (without their end marker) go before the tile's
         # frame (without its start marker)
         self._tables = bytes(tables[:-2]) if tables else None
@@ -158,7 +174,6 @@ class _TiffLevel(LevelReader):
         self._reader = reader
         self._cache = cache
         self._grid_w = math.ceil(shape[1] / self.tile_hw[1])
-        self._grid_h = math.ceil(shape[0] / self.tile_hw[0])
 
     @property
     def chunk_hw(self) -> tuple[int, int]:
@@ -181,9 +196,11 @@ class _TiffLevel(LevelReader):
         """This level's tiles as JPEG streams when it is one tiled 8-bit RGB JPEG page, else None."""
         page = self._planes[0].page
         keyframe = page.keyframe
-        if (len(self._planes) != 1 or not self._tiled or keyframe.compression != 7
-                or keyframe.samplesperpixel != 3 or keyframe.planarconfig != 1
-                or keyframe.dtype != np.uint8 or int(keyframe.photometric) not in (2, 6)):
+        if (
+            len(self._planes) != 1
+            or keyframe.compression != 7
+            or not _is_plain_tiled_rgb8(keyframe)
+        ):
             return None
         return JpegTiles(self._path, self._index, page, self.shape[:2], self._reader)
 
@@ -210,7 +227,7 @@ class _TiffLevel(LevelReader):
         else:
             kwargs = {"_fullsize": self._tiled}
             if keyframe.compression in _JPEG_COMPRESSIONS:
-                kwargs["jpegtables"] = getattr(page, "jpegtables", None) or keyframe.jpegtables
+                kwargs["jpegtables"] = _jpeg_tables(page)
                 kwargs["jpegheader"] = keyframe.jpegheader
             try:
                 segment, _, _ = keyframe.decode(data, index, **kwargs)
@@ -295,9 +312,11 @@ def direct_tile_levels(path: Path, level_dimensions: list[tuple[int, int]], cach
             raise LookupError("a level has no matching page")
         for level in levels:
             page = level.keyframe
-            if (not page.is_tiled or page.compression not in _DIRECT_COMPRESSIONS
-                    or page.samplesperpixel != 3 or int(page.photometric) not in (2, 6)
-                    or page.planarconfig != 1 or page.dtype != np.uint8 or len(level.pages) != 1):
+            if (
+                page.compression not in _DIRECT_COMPRESSIONS
+                or not _is_plain_tiled_rgb8(page)
+                or len(level.pages) != 1
+            ):
                 raise LookupError("a level is not a plain tiled RGB page")
         reader = _ByteReader(path)
         readers = [
@@ -324,8 +343,7 @@ def _vendor(tif) -> str:
 
 def _main_series(tif):
     """The image series: the largest one that is not a thumbnail, label or macro."""
-    candidates = [s for s in tif.series
-                  if s.name.lower() not in _ASSOCIATED_SERIES and s.name != "Thumbnail"]
+    candidates = [s for s in tif.series if s.name.lower() not in _ASSOCIATED_SERIES]
     if not candidates:
         candidates = list(tif.series)
     return max(candidates, key=lambda s: s.keyframe.imagelength * s.keyframe.imagewidth)
