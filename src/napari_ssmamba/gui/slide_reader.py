@@ -231,8 +231,5 @@ def annotation_frame_layer(viewer):
 
 
 def is_slide_layer(layer) -> bool:
+    """Whether ``layer`` shows a slide opened by this plugin's reader."""
     return getattr(layer, "metadata", None) is not None and "slide_path" in layer.metadata
-
-
-def slide_path_of(layer) -> Path | None:
-    return Path(layer.metadata["slide_path"]) if is_slide_layer(layer) else None
