@@ -155,3 +155,27 @@ def test_failure_leaves_no_record_and_no_partial_file(roi_result, tmp_path, monk
     assert not outputs_complete(tmp_path, result.stem)
     assert not list(tmp_path.glob(".*.part"))
     assert output_paths(tmp_path, result.stem)["figure"].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_rois_without_a_prediction_keep_their_class_and_get_no_zeros(
+    small_model, sample_slide_path
+):
+    from napari_ssmamba.annotations import Annotation
+    from napari_ssmamba.export.geojson import result_annotations
+    from napari_ssmamba.inference import classify_slide
+    from napari_ssmamba.slide import open_slide
+
+    glass = Annotation(shapely.box(1500, 0, 2100, 300), class_name="Other", color=(10, 20, 30))
+    beyond = Annotation(shapely.box(300, 5367, 900, 5967), name="from another slide")
+    with open_slide(sample_slide_path) as slide, pytest.warns(UserWarning, match="outside"):
+        result = classify_slide(slide, *small_model, rois=[glass, beyond], device="cpu")
+    exported = result_annotations(result, tiles=False)
+    assert [(a.class_name, a.color, a.name) for a in exported] == [
+        ("Other", (10, 20, 30), None),  # the pathologist's label and its (lack of a) name
+        (None, None, "from another slide"),
+    ]
+    assert [a.measurements for a in exported] == [
+        {"n_tiles": 0, "n_background_tiles": result.rois[0].n_background_tiles},
+        {"n_tiles": 0, "n_background_tiles": 0},
+    ]
+    assert result.rois[0].n_background_tiles > 0

@@ -1,8 +1,11 @@
 """Results as QuPath objects: ROIs as classified annotations, tiles as detections.
 
 ROI measurements: ``prob_<class>`` (the ROI's tissue-weighted mean probability), ``confidence``,
-``n_tiles`` and ``n_background_tiles``, beside the ROI's own. An ROI that had a class keeps it in
-QuPath's object metadata as ``input_class``, since its classification becomes the predicted class.
+``n_tiles`` and ``n_background_tiles``, beside the ROI's own; an ROI without tissue (or outside
+the slide) has no probabilities and no confidence rather than zeros. An ROI that had a class keeps
+it in QuPath's object metadata as ``input_class``, since its classification becomes the predicted
+class; an ROI without a prediction keeps its class and colour as they were. ROIs keep their own
+names (the whole tissue is "Tissue").
 Tile measurements: ``prob_<class>`` and ``tissue_fraction``.
 
 Objects made here (tiles, the whole tissue, drawn ROIs without an id) get ids derived from the
@@ -39,18 +42,25 @@ def result_annotations(result, tiles: bool = True) -> list:
     for index, roi in enumerate(result.rois):
         if roi.geometry is None or roi.geometry.is_empty:  # whole tissue with no tissue tile
             continue
-        measurements = {f"prob_{c}": float(p) for c, p in zip(names, roi.probabilities)}
+        measurements = {}
+        if roi.class_index is not None:
+            measurements = {f"prob_{c}": float(p) for c, p in zip(names, roi.probabilities)}
+            measurements["confidence"] = float(roi.confidence)
         measurements.update(
-            confidence=float(roi.confidence),
-            n_tiles=int(roi.n_tiles),
-            n_background_tiles=int(roi.n_background_tiles),
+            n_tiles=int(roi.n_tiles), n_background_tiles=int(roi.n_background_tiles)
         )
         source = roi.annotation if hasattr(roi.annotation, "geometry") else None
-        fields = {"name": result.roi_label(index)}
+        if roi.class_index is not None:
+            fields = {"class_name": roi.class_name, "color": colors[roi.class_index]}
+        elif source is not None:  # nothing to predict from: the ROI keeps its own class
+            fields = {"class_name": source.class_name, "color": source.color}
+        else:
+            fields = {}
         if source is None:
-            fields["id"] = _stable_id(result, roi.geometry.wkt)
+            fields |= {"name": result.roi_label(index), "id": _stable_id(result, roi.geometry.wkt)}
         else:
             fields |= {
+                "name": source.name,
                 "id": source.id,
                 "is_ellipse": source.is_ellipse,
                 "locked": source.locked,
@@ -61,8 +71,6 @@ def result_annotations(result, tiles: bool = True) -> list:
             Annotation(
                 geometry=roi.geometry,
                 object_type="annotation",
-                class_name=roi.class_name,
-                color=colors[roi.class_index] if roi.class_index is not None else None,
                 measurements=measurements,
                 **fields,
             )
