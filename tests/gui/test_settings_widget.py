@@ -33,6 +33,28 @@ def test_device_reaches_an_open_classify_widget(widget, qtbot):
     assert classify.device_combo.currentText() == "cpu"
 
 
+def test_the_default_model_follows_retrain_and_back(widget, tmp_path):
+    # Retrain makes its model the default; Settings shows it, and clearing it brings the open
+    # Classify widget back to the bundled model
+    from napari_ssmamba.gui.classify_widget import BUNDLED_MODEL, CHECKPOINT_FILE, ClassifyWidget
+    from napari_ssmamba.gui.retrain_widget import RetrainWidget
+    from napari_ssmamba.training.registry import use_trained_model
+
+    classify, retrain = ClassifyWidget(widget.viewer), RetrainWidget(widget.viewer)
+    for dock, name in [(classify, "Classify ROIs"), (retrain, "Retrain"), (widget, "Settings")]:
+        widget.viewer.window.add_dock_widget(dock, name=name)
+    trained = tmp_path / "model.safetensors"
+    use_trained_model(trained)
+    retrain._point_classify_widgets(trained)
+    assert widget.model_path.text() == str(trained)
+    assert classify.model_combo.currentText() == CHECKPOINT_FILE
+    assert classify.model_path.text() == str(trained)
+    widget.model_path.clear()
+    widget.model_path.editingFinished.emit()
+    assert load_settings().default_model is None
+    assert classify.model_combo.currentText() == BUNDLED_MODEL
+
+
 def test_set_mpp_rescales_selected_slide_layers(widget, slides_dir):
     viewer = widget.viewer
     [layer] = viewer.open(slides_dir / "kidney-48-5.tif", plugin="napari-ssmamba")

@@ -177,6 +177,16 @@ class ClassifyWidget(QWidget):
         self._warmed.clear()
         self._warm_up()
 
+    def use_model(self, checkpoint: str | Path | None) -> None:
+        """Run with ``checkpoint`` from now on (None: the bundled default model)."""
+        if checkpoint is None:
+            self.model_combo.setCurrentText(BUNDLED_MODEL)
+            self.model_path.clear()
+        else:
+            self.model_path.setText(str(checkpoint))
+            self.model_combo.setCurrentText(CHECKPOINT_FILE)
+        self._warm_up()
+
     def _on_browse(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
             self, "Model checkpoint", "", "Checkpoints (*.safetensors *.json)"
@@ -556,16 +566,6 @@ class ClassifyWidget(QWidget):
         layer = self._attention_layer()
         if layer is not None:
             layer.opacity = value / 100
-
-
-def open_classify_widgets(viewer) -> list[ClassifyWidget]:
-    """The Classify widgets docked in ``viewer``'s window."""
-    found = []
-    for dock in viewer.window.dock_widgets.values():
-        widget = dock if isinstance(dock, ClassifyWidget) else dock.findChild(ClassifyWidget)
-        if widget is not None:
-            found.append(widget)
-    return found
 
 
 def _label_on_slide(geometry, width: int, height: int) -> bool:

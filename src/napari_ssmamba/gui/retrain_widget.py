@@ -362,9 +362,13 @@ class RetrainWidget(QWidget):
         self._point_classify_widgets(result["checkpoint"])
 
     def _point_classify_widgets(self, checkpoint) -> None:
-        """Make open Classify widgets use ``checkpoint`` now (the settings file covers new ones)."""
-        from napari_ssmamba.gui.classify_widget import CHECKPOINT_FILE, open_classify_widgets
+        """Make open Classify widgets use ``checkpoint`` now, and open Settings widgets show it as
+        the default model (the settings file covers new ones)."""
+        from napari_ssmamba.gui._docks import docked_widgets
+        from napari_ssmamba.gui.classify_widget import ClassifyWidget
+        from napari_ssmamba.gui.settings_widget import SettingsWidget
 
-        for classify in open_classify_widgets(self.viewer):
-            classify.model_combo.setCurrentText(CHECKPOINT_FILE)
-            classify.model_path.setText(str(checkpoint))
+        for classify in docked_widgets(self.viewer, ClassifyWidget):
+            classify.use_model(checkpoint)
+        for settings in docked_widgets(self.viewer, SettingsWidget):
+            settings.show_default_model(checkpoint)

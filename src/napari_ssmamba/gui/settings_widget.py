@@ -76,16 +76,31 @@ class SettingsWidget(QWidget):
         path = save_settings(self._settings)
         self.status.setText(f"Saved to {path}")
 
+    def show_default_model(self, checkpoint) -> None:
+        """Show ``checkpoint`` as the default model, as another widget saved it."""
+        self._settings = load_settings()
+        self.model_path.setText(str(checkpoint or ""))
+
     def _on_device_changed(self, device: str) -> None:
         """Save the device and switch the open Classify widgets to it (new ones read the file)."""
-        from napari_ssmamba.gui.classify_widget import open_classify_widgets
-
         self._save(device=device)
-        for classify in open_classify_widgets(self.viewer):
+        for classify in self._classify_widgets():
             classify.device_combo.setCurrentText(device)
 
     def _on_model_path_edited(self) -> None:
-        self._save(default_model=self.model_path.text().strip() or None)
+        """Save the default model and switch the open Classify widgets to it."""
+        default_model = self.model_path.text().strip() or None
+        if default_model == self._settings.default_model:
+            return
+        self._save(default_model=default_model)
+        for classify in self._classify_widgets():
+            classify.use_model(default_model)
+
+    def _classify_widgets(self) -> list:
+        from napari_ssmamba.gui._docks import docked_widgets
+        from napari_ssmamba.gui.classify_widget import ClassifyWidget
+
+        return docked_widgets(self.viewer, ClassifyWidget)
 
     def _on_browse_clicked(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Default model", self.model_path.text(),
