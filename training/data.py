@@ -398,14 +398,8 @@ def tiles_from_slide(
 
     if isinstance(slide, (str, Path)):
         slide = open_slide(slide)
-    if slide.mpp is None:
-        from napari_ssmamba.errors import SlideError
-
-        raise SlideError(
-            f"{slide.path}: no MPP; open it with open_slide(path, mpp=(y, x)) to sample tiles"
-        )
+    source_mpp = float(np.mean(slide.require_mpp("training tiles cannot be cut at their MPP")))
     source = Path(slide.path).name
-    source_mpp = float(np.mean(slide.mpp))
     if annotations is None:
         kwargs.setdefault("min_tissue", 0.3)
         tiles = cut_tiles(

@@ -32,6 +32,38 @@ def test_classes_from_shapes_and_tile_counts(widget):
     assert list(tissue.features["class_name"]) == ["tissue"]
 
 
+def test_regions_off_the_slide_and_qupath_tiles_are_not_counted(widget):
+    import napari
+    import shapely
+
+    from napari_ssmamba.annotations import Annotation
+    from napari_ssmamba.gui.layers import annotations_to_layer_data
+
+    viewer, w = widget
+    tissue = w.add_class("tissue", (200, 0, 0))
+    _draw(tissue, [(2000, 1000, 2600, 1600)])  # 2,220 px wide slide: 220 of 600 px on it
+    other = w.add_class("Other")
+    _draw(other, [(5000, 5000, 6000, 6000)])
+    qupath = [Annotation(shapely.box(700, 700, 1300, 1300), "tile", class_name="Tumor")]
+    for data, meta, kind in annotations_to_layer_data(
+        qupath, mpp=viewer.layers[0].scale[-2:], name="tiles"
+    ):
+        viewer.add_layer(napari.layers.Layer.create(data, meta, kind))
+    w.tile_spin.setValue(112)
+    side = 112 * 0.5 / 0.499
+    assert w.tile_counts() == {"tissue": int(220 * 600 // side**2)}
+    assert "1 region(s) outside the slide left out" in w.counts_label.text()
+
+
+def test_a_slide_without_pixel_size_says_how_to_give_it(make_napari_viewer, slides_dir):
+    viewer = make_napari_viewer()
+    viewer.open(slides_dir / "kidney-48-5.tif", plugin="napari-ssmamba")
+    w = RetrainWidget(viewer)
+    _draw(w.add_class("tissue"), [(10, 10, 200, 200)])
+    assert w.tile_counts() == {}
+    assert "Set MPP" in w.counts_label.text()
+
+
 def test_new_classes_get_their_own_colours_and_the_slides_units(widget):
     from napari_ssmamba.annotations.colors import default_class_color
 

@@ -28,7 +28,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_ssmamba.annotations.colors import default_class_color
+from napari_ssmamba.annotations.colors import default_class_color, from_hex, to_hex
 from napari_ssmamba.gui.slide_reader import fit_drawn_layers_to_slides, is_slide_layer
 
 MIN_TILES_PER_CLASS = 20
@@ -123,32 +123,45 @@ class RetrainWidget(QWidget):
             if isinstance(layer, Shapes) and "class_name" in layer.features
         ]
 
-    def _annotations(self, slide_layer):
-        """Copies of the labelled polygons of every shapes layer, in the slide's level-0 pixels
-        (the layers stay untouched)."""
+    def _regions(self, slide_layer) -> tuple[list, int]:
+        """Copies of the labelled annotation polygons of every shapes layer, in the slide's
+        level-0 pixels and cut to the slide (the layers stay untouched), and how many regions lie
+        wholly outside it. QuPath detections and tiles are not regions to train on."""
+        import shapely
+
         from napari_ssmamba.gui.layers import annotations_in_slide_frame
 
-        annotations = []
+        slide_box = shapely.box(0, 0, *slide_layer.metadata["slide"].dimensions)
+        annotations, outside = [], 0
         for layer in self._shapes_layers():
-            annotations += [
-                a
-                for a in annotations_in_slide_frame(layer, slide_layer)
-                if a.class_name and a.geometry.geom_type in ("Polygon", "MultiPolygon")
-            ]
-        return annotations
+            for a in annotations_in_slide_frame(layer, slide_layer):
+                if not (
+                    a.class_name
+                    and a.object_type == "annotation"
+                    and a.geometry.geom_type in ("Polygon", "MultiPolygon")
+                ):
+                    continue
+                a.geometry = a.geometry.intersection(slide_box)
+                if a.geometry.area > 0:
+                    annotations.append(a)
+                else:
+                    outside += 1
+        return annotations, outside
 
     def tile_counts(self) -> dict[str, int]:
         """Whole tiles per class that fit the drawn regions at the chosen tile size and MPP."""
         layer = self._slide_layer()
-        if layer is None:
+        if layer is None or layer.metadata["slide"].mpp is None:
             return {}
-        slide = layer.metadata["slide"]
-        slide_mpp = sum(slide.mpp) / 2 if slide.mpp else 1.0
+        return self._tile_counts(layer, self._regions(layer)[0])
+
+    def _tile_counts(self, layer, regions) -> dict[str, int]:
+        slide_mpp = sum(layer.metadata["slide"].mpp) / 2
         side = self.tile_spin.value() * self.mpp_spin.value() / slide_mpp
         counts: dict[str, int] = {}
-        for annotation in self._annotations(layer):
-            counts[annotation.class_name] = counts.get(annotation.class_name, 0) + int(
-                annotation.geometry.area // side**2
+        for region in regions:
+            counts[region.class_name] = counts.get(region.class_name, 0) + int(
+                region.geometry.area // side**2
             )
         return counts
 
@@ -170,16 +183,28 @@ class RetrainWidget(QWidget):
         self._show_counts()
 
     def _show_counts(self, event=None) -> None:
-        counts = self.tile_counts()
-        if not counts:
-            self.counts_label.setText("Draw regions in a shapes layer with a class to train on.")
+        layer = self._slide_layer()
+        if layer is None:
+            self.counts_label.setText("Open a slide to train on.")
             return
+        if layer.metadata["slide"].mpp is None:
+            self.counts_label.setText(
+                f"{layer.name} has no pixel size: set it in Plugins > SSMamba WSI > Settings "
+                "(Set MPP) to train on it."
+            )
+            return
+        regions, outside = self._regions(layer)
+        counts = self._tile_counts(layer, regions)
         lines = [
             f"{name}: {n} tiles" + ("  ⚠ too few" if n < MIN_TILES_PER_CLASS else "")
             for name, n in sorted(counts.items())
         ]
-        if len(counts) < 2:
+        if not counts:
+            lines.append("Draw regions in a shapes layer with a class to train on.")
+        elif len(counts) < 2:
             lines.append("⚠ at least two classes are needed")
+        if outside:
+            lines.append(f"⚠ {outside} region(s) outside the slide left out")
         self.counts_label.setText("\n".join(lines))
 
     def _on_pick_color(self) -> None:
@@ -198,7 +223,7 @@ class RetrainWidget(QWidget):
             return None
         rgb = color or self._color or default_class_color(name)
         self._color = None
-        hex_color = "#{:02x}{:02x}{:02x}".format(*rgb)
+        hex_color = to_hex(rgb)
         slide_layer = self._slide_layer()
         kwargs = {}
         if slide_layer is not None:  # drawn in the slide's frame and units
@@ -296,7 +321,7 @@ class RetrainWidget(QWidget):
         from napari_ssmamba.training.registry import user_models_dir
 
         layer = self._slide_layer()
-        annotations = self._annotations(layer) if layer is not None else []
+        annotations = self._regions(layer)[0] if layer is not None else []
         if layer is None or len({a.class_name for a in annotations}) < 2:
             self.status_label.setText("Open a slide and draw regions of at least two classes.")
             return None
@@ -304,7 +329,7 @@ class RetrainWidget(QWidget):
         for shapes in self._shapes_layers():
             for name, color in zip(shapes.features["class_name"], shapes.features.get("color", [])):
                 if name and isinstance(color, str) and color.startswith("#"):
-                    colors[name] = [int(color[i : i + 2], 16) for i in (1, 3, 5)]
+                    colors[name] = list(from_hex(color))
         settings = {
             "arch": self.arch_combo.currentText(),
             "tile_size": self.tile_spin.value(),

@@ -28,6 +28,8 @@ from napari_ssmamba.inference.tiling import (
 )
 from napari_ssmamba.progress import no_progress
 
+#: why classification needs a slide's pixel size, for the message when it has none
+NEEDS_MPP = "tiles cannot be cut at the model's resolution"
 #: the attention map's long side is kept at or below this many cells
 MAX_ATTENTION_CELLS = 4096
 
@@ -84,7 +86,9 @@ def warm_up(
     seconds["model_s"] = time.perf_counter() - start
     start = time.perf_counter()
     _check_rgb(slide)
-    geometry = tile_geometry(_slide_mpp(slide), slide.level_downsamples, card.tile_size, card.mpp)
+    geometry = tile_geometry(
+        slide.require_mpp(NEEDS_MPP), slide.level_downsamples, card.tile_size, card.mpp
+    )
     reader = tile_reader_for(slide, geometry, resolve_device(device))
     if isinstance(reader, JpegBatchReader):  # one tile, for what the first batch sets up
         reader(np.array([[0, 0, geometry.tile_l0, geometry.tile_l0]]))
@@ -126,16 +130,6 @@ def _check_rgb(slide) -> None:
         )
 
 
-def _slide_mpp(slide) -> tuple[float, float]:
-    if slide.mpp is None:
-        raise SlideError(
-            f"{slide.path}: the slide has no microns-per-pixel in its metadata, so tiles cannot be "
-            "cut at the model's resolution. Give it: open_slide(path, mpp=(y, x)) or --mpp on the "
-            "command line."
-        )
-    return tuple(float(v) for v in slide.mpp)
-
-
 def classify_slide(
     slide,
     model,
@@ -172,7 +166,7 @@ def classify_slide(
     timings = {}
     start = time.perf_counter()
     _check_rgb(slide)
-    mpp = _slide_mpp(slide)
+    mpp = slide.require_mpp(NEEDS_MPP)
     geometry = tile_geometry(mpp, slide.level_downsamples, card.tile_size, card.mpp, stride)
     slide_wh = tuple(int(v) for v in slide.dimensions)
     slide_key = _slide_key(slide)

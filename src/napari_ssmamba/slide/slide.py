@@ -233,6 +233,16 @@ class Slide(abc.ABC):
         """(height, width) of the file's tiles (or strips) at level 0."""
         return self._readers[0].tile_hw
 
+    def require_mpp(self, needed_for: str) -> tuple[float, float]:
+        """The (y, x) µm/px; without one, a SlideError naming the three ways to give it."""
+        if self.mpp is None:
+            raise SlideError(
+                f"{self.path}: the slide has no microns-per-pixel (MPP) in its metadata, so "
+                f"{needed_for}. Give it one: Plugins > SSMamba WSI > Settings > Set MPP in napari, "
+                "--mpp on the command line, or open_slide(path, mpp=(y, x)) in Python."
+            )
+        return tuple(float(v) for v in self.mpp)
+
     def best_level_for_downsample(self, downsample: float) -> int:
         """The lowest-resolution level whose downsample is at most ``downsample``."""
         best = 0
