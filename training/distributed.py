@@ -1,6 +1,6 @@
 """One process or many: read torchrun's environment, start the process group, pick the device.
 
-Launch several GPUs with ``torchrun --nproc_per_node=N -m napari_ssmamba.cli train finetune ...``;
+Launch several GPUs with ``torchrun --nproc_per_node=N -m napari_ssmamba train finetune ...``;
 nothing here starts processes itself.
 """
 

@@ -92,9 +92,12 @@ def test_tiny_run_saves_a_model_and_keeps_annotations(widget, qtbot):
     w.mpp_spin.setValue(2.0)
     w.epochs_spin.setValue(2)
     worker = w.run()
+    shown = []  # the status after each progress report (connected after the widget's slot)
+    worker.bridge.reported.connect(lambda *_: shown.append(w.status_label.text()))
     with qtbot.waitSignal(worker.finished, timeout=120_000):
         pass
     assert w.result is not None, w.status_label.text()
+    assert any(text.startswith("Training: fine-tuning: epoch 2/2") for text in shown), shown
     model, card = load_checkpoint(w.result["checkpoint"])
     assert sorted(card.class_names) == ["glass", "tissue"]
     assert card.class_colors[card.class_names.index("tissue")] == (200, 0, 0)

@@ -50,12 +50,18 @@ def start_job(
     on_returned: Callable,
     on_errored: Callable,
     on_finished: Callable | None = None,
+    on_progress: Callable[[int, int, str], None] | None = None,
 ):
-    """Start ``job(progress=..., cancel=...)`` in a thread worker; return ``(worker, cancel_event)``."""
+    """Start ``job(progress=..., cancel=...)`` in a thread worker; return ``(worker, cancel_event)``.
+
+    ``on_progress(done, total, message)`` also hears each report, on the UI thread.
+    """
     from napari.qt.threading import create_worker
 
     cancel = threading.Event()
     bridge = ProgressBridge(description)
+    if on_progress is not None:
+        bridge.reported.connect(on_progress)
     worker = create_worker(
         job,
         progress=bridge,

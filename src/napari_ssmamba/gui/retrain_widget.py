@@ -260,6 +260,7 @@ class RetrainWidget(QWidget):
             from napari_ssmamba.training.registry import use_trained_model
 
             names = sorted({a.class_name for a in annotations})
+            progress(0, 0, "cutting tiles from the regions")
             tiles = tiles_from_slide(
                 slide,
                 annotations,
@@ -348,12 +349,19 @@ class RetrainWidget(QWidget):
             self._on_returned,
             self._on_errored,
             self._on_finished,
+            on_progress=self._on_progress,
         )
         return self._worker
 
     def cancel(self) -> None:
-        if self._cancel is not None:
+        if self._cancel is not None and not self._cancel.is_set():
             self._cancel.set()
+            self.status_label.setText("Cancelling after the current batch…")
+
+    def _on_progress(self, done: int, total: int, message: str) -> None:
+        if self._cancel is not None and not self._cancel.is_set():
+            steps = f" (step {done} of {total})" if total else ""
+            self.status_label.setText(f"Training: {message}{steps}")
 
     def _on_finished(self) -> None:
         self.train_button.setEnabled(True)
