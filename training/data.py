@@ -48,6 +48,45 @@ def resize(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
 
 
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of an image file from its header, without decoding the pixels."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, ValueError):
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            return page.imagewidth, page.imagelength
+
+
+@dataclass(frozen=True)
+class FolderImage:
+    """An image file of a folder data set, and how it becomes a tile: the centre square that
+    covers a tile at ``scale`` (the image's µm/px over the tile's), resized to the tile; with
+    ``scale`` None its largest centre square, whatever its µm/px."""
+
+    path: Path
+    scale: float | None = None
+
+    def tile(self, tile_size: int) -> np.ndarray:
+        """The (tile_size, tile_size, 3) uint8 tile."""
+        image = read_image(self.path)
+        side = None if self.scale is None else min(round(tile_size / self.scale), *image.shape[:2])
+        return resize(_centre_square(image, side), tile_size)
+
+
+def _centre_square(image: np.ndarray, side: int | None = None) -> np.ndarray:
+    """The centre ``side`` square of an image (default: its largest)."""
+    height, width = image.shape[:2]
+    side = side or min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    return image[top : top + side, left : left + side]
+
+
 def tissue_fraction(tile: np.ndarray) -> float:
     """Share of pixels that look stained: not near-white and with some colour saturation."""
     tile = tile.astype(np.int16)
@@ -60,7 +99,8 @@ def tissue_fraction(tile: np.ndarray) -> float:
 class TileSet:
     """Tiles with labels, split groups and source files.
 
-    ``items[i]`` is a (tile_size, tile_size, 3) uint8 array or a path read on demand.
+    ``items[i]`` is a (tile_size, tile_size, 3) uint8 array, a path read on demand, or a
+    :class:`FolderImage`.
     ``labels[i]`` indexes ``class_names`` (``UNLABELLED`` for pretraining tiles); ``groups[i]``
     is the unit of a split (a region or block); ``sources[i]`` the file it came from;
     ``mpps[i]`` the µm/px it was sampled at (NaN when unknown).
@@ -81,6 +121,8 @@ class TileSet:
     def image(self, index: int) -> np.ndarray:
         """Tile ``index`` as (tile_size, tile_size, 3) uint8."""
         item = self.items[index]
+        if isinstance(item, FolderImage):
+            return item.tile(self.tile_size)
         if not isinstance(item, np.ndarray):
             item = read_image(item)
         return resize(item, self.tile_size)
@@ -227,18 +269,24 @@ def tiles_from_folder(
     class_names: Sequence[str] | None = None,
     class_map: dict[str, str] | None = None,
     mpp: float | None = None,
+    mpps: Sequence[float] | None = None,
 ) -> TileSet:
     """A one-folder-per-class data set (NCT-CRC-HE-100K, BACH, MHIST, PCam exported as images).
 
     Class names are the folder names (sorted), or ``class_map[folder]`` when given (folders
     mapped to None are skipped). Each file is its own split group. Files are read on demand.
+
+    With the images' ``mpp`` and the tiles' ``mpps``, each image gives one tile per MPP it covers:
+    rescaled to it, its centre ``tile_size`` square. An image smaller than a tile at every one of
+    them is resized whole (its centre square) and keeps the MPP that gives, with a warning; so
+    is every image without ``mpp`` (its MPP unknown).
     """
     root = Path(root)
     if not root.is_dir():
         raise MissingSourceError(
             f"{root}: not a folder; give a folder with one sub-folder per class"
         )
-    items, labels, names = [], [], list(class_names or [])
+    files, labels, names = [], [], list(class_names or [])
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         name = class_map.get(folder.name, folder.name) if class_map else folder.name
         if name is None:
@@ -249,20 +297,44 @@ def tiles_from_folder(
             names.append(name)
         for path in sorted(folder.iterdir()):
             if path.suffix.lower() in IMAGE_SUFFIXES:
-                items.append(path)
+                files.append(path)
                 labels.append(names.index(name))
-    if not items:
+    if not files:
         raise FileNotFoundError(
             f"{root}: no images in class sub-folders ({', '.join(IMAGE_SUFFIXES)})"
         )
-    files = np.array([str(p.relative_to(root)) for p in items])
+    items, tile_labels, tile_files, tile_mpps, whole = [], [], [], [], []
+    for path, label in zip(files, labels):
+        if mpp is None:
+            tiles = [(FolderImage(path), math.nan)]
+        else:
+            side = min(image_size(path)) * mpp  # µm
+            tiles = [(FolderImage(path, mpp / m), m) for m in mpps or () if side >= tile_size * m]
+            if not tiles:
+                tiles = [(FolderImage(path), side / tile_size)]
+                whole.append(path)
+        for item, tile_mpp in tiles:
+            items.append(item)
+            tile_labels.append(label)
+            tile_files.append(str(path.relative_to(root)))
+            tile_mpps.append(tile_mpp)
+    if whole and mpps:
+        import warnings
+
+        warnings.warn(
+            f"{root}: {len(whole)} of {len(files)} images (e.g. {whole[0].name}) are smaller than "
+            f"a {tile_size} px tile at {', '.join(f'{m:g}' for m in mpps)} µm/px; they are "
+            "resized whole, to the MPP their size gives",
+            stacklevel=2,
+        )
+    groups = np.array(tile_files)
     return TileSet(
         class_names=names,
         items=items,
-        labels=np.array(labels, dtype=np.int64),
-        groups=files,
-        sources=files,
-        mpps=np.full(len(items), np.nan if mpp is None else mpp),
+        labels=np.array(tile_labels, dtype=np.int64),
+        groups=groups,
+        sources=groups,
+        mpps=np.array(tile_mpps, dtype=np.float64),
         tile_size=tile_size,
     )
 
@@ -633,6 +705,7 @@ def tiles_from_sources(
                     tile_size=tile_size,
                     class_map=spec.pop("class_map", None),
                     mpp=spec.pop("mpp", None),
+                    mpps=spec_mpps,
                 )
             )
         elif "slide" in spec:

@@ -362,8 +362,12 @@ def finetune(
 
 
 def _tile_mpp(tiles: TileSet, cfg: dict) -> float:
+    """The model card's MPP: the one most training tiles had (the finer one on a tie)."""
     known = tiles.mpps[~np.isnan(tiles.mpps)]
-    return float(known.min()) if len(known) else float(cfg.get("mpp", math.nan))
+    if not len(known):
+        return float(cfg.get("mpp", math.nan))
+    values, counts = np.unique(np.round(known, 4), return_counts=True)
+    return float(values[np.argmax(counts)])
 
 
 def finetune_from_config(config: FinetuneConfig, *, progress: ProgressCallback | None = None, cancel=None,

@@ -11,6 +11,7 @@ from napari_ssmamba.training.data import (
     TileDataset,
     TileSet,
     class_balanced_weights,
+    read_image,
     split_tiles,
     tiles_from_folder,
     tiles_from_image,
@@ -44,6 +45,22 @@ def test_folder_dataset_takes_classes_from_folders(data_dir, tmp_path):
                                                                   "BACK": "background"})
     assert merged.class_counts() == {"tissue": 2, "background": 1}
     assert len(np.unique(merged.groups)) == 3
+
+
+def test_folder_images_are_cut_at_the_tiles_mpp(data_dir, tmp_path):
+    from PIL import Image
+
+    patch = data_dir / "patches" / "nct-crc-he-100k" / "TUM-AACHEHDV.tif"  # 224 px, 0.5 µm/px
+    (tmp_path / "TUM").mkdir()
+    shutil.copy(patch, tmp_path / "TUM" / patch.name)
+    # 64 px at 1 µm/px: the centre 128 px of the patch, not the whole patch squashed (1.75 µm/px)
+    tiles = tiles_from_folder(tmp_path, tile_size=64, mpp=0.5, mpps=[0.5, 1.0, 2.0])
+    assert tiles.mpps.tolist() == [0.5, 1.0]  # 2 µm/px would need 256 px
+    centre = Image.fromarray(read_image(patch)[48:176, 48:176]).resize((64, 64), Image.BILINEAR)
+    np.testing.assert_array_equal(tiles.image(1), np.asarray(centre))
+    with pytest.warns(UserWarning, match="1 of 1 images .* smaller than a 224 px tile at 1 µm/px"):
+        whole = tiles_from_folder(tmp_path, tile_size=224, mpp=0.5, mpps=[1.0])
+    assert whole.mpps.tolist() == [0.5]  # what it is, not the 1 µm/px asked for
 
 
 def test_missing_folder_names_the_path(tmp_path):

@@ -1,6 +1,8 @@
 import json
 import threading
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -99,3 +101,15 @@ def test_validation_without_a_class_warns_and_says_so(small_task, tmp_path, torc
     assert "not measured, no tiles here: muscle" in result["table"]
     _, card = load_checkpoint(result["checkpoint"])
     assert card.training["val_metrics"]["classes_without_tiles"] == ["muscle"]
+
+
+def test_the_card_takes_the_mpp_most_tiles_had():
+    from napari_ssmamba.training.finetune import _tile_mpp
+
+    def tiles(mpps):
+        return SimpleNamespace(mpps=np.array(mpps, dtype=float))
+
+    # slide tiles at 1 µm/px and a few small folder images resized whole to 0.25: not the finest
+    assert _tile_mpp(tiles([1.0] * 117 + [0.25] * 6), {}) == 1.0
+    assert _tile_mpp(tiles([0.5] * 40 + [1.0] * 40 + [np.nan]), {}) == 0.5
+    assert _tile_mpp(tiles([np.nan]), {"mpp": 0.25}) == 0.25
