@@ -147,9 +147,13 @@ def evaluate_checkpoint(checkpoint, tiles, *, batch_size: int = 64, device: str 
     """Metrics of the model in ``checkpoint`` on ``tiles`` (a TileSet whose classes the card names)."""
     from napari_ssmamba.model import load_checkpoint
 
+    model, card = load_checkpoint(checkpoint, device=device)
+    return _metrics(model, card, tiles, batch_size=batch_size, device=device, num_workers=num_workers)
+
+
+def _metrics(model, card, tiles, *, batch_size: int, device: str, num_workers: int = 0) -> dict:
     from .data import TileDataset
 
-    model, card = load_checkpoint(checkpoint, device=device)
     tiles = tiles.with_classes(card.class_names)
     dataset = TileDataset(tiles, mean=card.mean, std=card.std, augment=None)
     probs, labels = predict(model, dataset, batch_size=batch_size, device=device,
@@ -158,10 +162,22 @@ def evaluate_checkpoint(checkpoint, tiles, *, batch_size: int = 64, device: str 
 
 
 def evaluate_from_config(checkpoint, data, *, seed: int = 0, batch_size: int = 64, device: str = "cpu") -> dict:
-    """Metrics of ``checkpoint`` on the tiles of a :class:`DataConfig` (its ``val_sources`` if any)."""
+    """Metrics of ``checkpoint`` on the tiles of a :class:`DataConfig` (its ``val_sources`` if any),
+    cut at the tile size and MPP of the model's card, as classification cuts them."""
+    import warnings
+
+    from napari_ssmamba.model import load_checkpoint
+
     from .data import tiles_from_sources
 
+    model, card = load_checkpoint(checkpoint, device=device)
+    if (data.tile_size, [float(m) for m in data.mpps]) != (card.tile_size, [card.mpp]):
+        warnings.warn(
+            f"evaluating at the model's {card.tile_size} px and {card.mpp:g} µm/px (its card), "
+            f"not the config's {data.tile_size} px at {', '.join(f'{m:g}' for m in data.mpps)} µm/px",
+            stacklevel=2,
+        )
     sources = data.val_sources or data.sources
-    tiles = tiles_from_sources(sources, tile_size=data.tile_size, mpps=data.mpps,
+    tiles = tiles_from_sources(sources, tile_size=card.tile_size, mpps=[card.mpp],
                                class_names=data.class_names, seed=seed)
-    return evaluate_checkpoint(checkpoint, tiles, batch_size=batch_size, device=device)
+    return _metrics(model, card, tiles, batch_size=batch_size, device=device)

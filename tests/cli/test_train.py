@@ -36,6 +36,12 @@ def test_finetune_then_evaluate(config, tmp_path):
                                   "--output", str(tmp_path / "eval.json"), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "eval.json").read_text())["n"] == 72
+    # tiles are cut as the model's card says, whatever the config's tile size
+    result = runner.invoke(main, ["train", "evaluate", "--checkpoint", str(out), "--config", str(config),
+                                  "--set", "data.tile_size=64", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "warning: evaluating at the model's 32 px and 0.5 µm/px" in result.output
+    assert "n=72 " in result.output
 
 
 def test_unknown_config_key_is_a_usage_error(config):

@@ -7,6 +7,7 @@ overrides and the typed options, shows a rich progress bar and writes metrics to
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -71,9 +72,26 @@ def _is_main() -> bool:
 def _run_with_progress(job, **kwargs):
     """Run ``job(progress=..., on_epoch=..., **kwargs)`` under a rich progress bar (rank 0 only).
 
-    Warnings show as one ``warning:`` line each; our errors end the command with their message.
+    Warnings show as one ``warning:`` line each; our errors end the command with their message;
+    Ctrl-C exits 130.
     """
     from rich.console import Console
+
+    if not _is_main():
+        with errors_as_messages():
+            return job(**kwargs)
+    console = Console(stderr=True)
+    try:
+        return _with_progress_bar(console, job, **kwargs)
+    except KeyboardInterrupt:  # the exit status of classify and predict, and of shells
+        console.print(
+            "[yellow]interrupted[/]: the last finished epoch is kept; run the same command "
+            "again to resume"
+        )
+        sys.exit(130)
+
+
+def _with_progress_bar(console, job, **kwargs):
     from rich.progress import (
         BarColumn,
         Progress,
@@ -82,10 +100,6 @@ def _run_with_progress(job, **kwargs):
         TimeRemainingColumn,
     )
 
-    if not _is_main():
-        with errors_as_messages():
-            return job(**kwargs)
-    console = Console(stderr=True)
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -175,9 +189,11 @@ def evaluate(checkpoint, config_path, overrides, output, device):
     from napari_ssmamba.training.distributed import resolve_device
     from napari_ssmamba.training.evaluate import evaluate_from_config, format_metrics, write_metrics
 
+    from rich.console import Console
+
     config = _load(FinetuneConfig, config_path, overrides)
     _require_sources(config.data.val_sources or config.data.sources, config_path)
-    with errors_as_messages():
+    with errors_as_messages(), warnings_shown_on(Console(stderr=True)):
         metrics = evaluate_from_config(
             checkpoint, config.data, seed=config.seed, device=resolve_device(device)
         )
