@@ -176,6 +176,28 @@ def test_predict_slides_runs_resumes_and_reports_failures(slides_dir, checkpoint
     assert [r["status"] for r in rows] == ["skipped", "failed", "ok", "failed", "failed"]
     assert list(rows[0]) == list(batch.SUMMARY_COLUMNS)
 
+    # the same folder with another stride: the complete slide is made again, and said so
+    wider = batch.PredictSettings(**{**vars(settings), "stride": 128})
+    [again] = batch.predict_slides(tasks[:1], wider, client)
+    assert (again.status, again.reason) == ("ok", "replaces outputs made with another stride")
+
+
+def test_outputs_made_otherwise_are_named(tmp_path, checkpoint):
+    settings = settings_for(checkpoint, tmp_path)
+    roi = tmp_path / "a.geojson"
+    record = {
+        "model": {"card_sha256": settings.model_card_sha256},
+        "parameters": {"stride_model_px": 64, "tile_size": 64},
+        "run_info": {"roi_file": str(roi)},
+    }
+    task = batch.SlideTask(tmp_path / "a.svs", "a", roi)
+    assert batch.made_otherwise(record, task, settings) == ""
+    assert batch.made_otherwise(record, batch.SlideTask(task.slide_path, "a"), settings) == (
+        "another ROI file"
+    )
+    record["model"]["card_sha256"] = "0" * 64
+    assert batch.made_otherwise(record, task, settings) == "another model"
+
 
 def test_predict_slides_cancel_stops_the_running_slide(slides_dir, checkpoint, client, tmp_path):
     from napari_ssmamba.export import outputs_complete

@@ -342,10 +342,27 @@ def outcome_from_record(task: SlideTask, status: str, record: dict, seconds: flo
 
 def skipped_outcome(task: SlideTask, out_dir: Path) -> SlideOutcome:
     """The summary row of a slide whose outputs are complete, read from its run record."""
+    return outcome_from_record(task, "skipped", _run_record(task, out_dir))
+
+
+def _run_record(task: SlideTask, out_dir: Path) -> dict:
     from napari_ssmamba.export import output_paths
 
-    record = json.loads(output_paths(out_dir, task.stem)["run"].read_text(encoding="utf-8"))
-    return outcome_from_record(task, "skipped", record)
+    return json.loads(output_paths(out_dir, task.stem)["run"].read_text(encoding="utf-8"))
+
+
+def made_otherwise(record: dict, task: SlideTask, settings: PredictSettings) -> str:
+    """Why a slide's complete outputs are not what this run would write (another model, stride
+    or ROI file), or "" when they are."""
+    parameters, run_info = record.get("parameters", {}), record.get("run_info", {})
+    if record.get("model", {}).get("card_sha256") != settings.model_card_sha256:
+        return "another model"
+    if parameters.get("stride_model_px") != (settings.stride or parameters.get("tile_size")):
+        return "another stride"
+    roi_file = run_info.get("roi_file")
+    if (roi_file and Path(roi_file).resolve()) != (task.roi_path and task.roi_path.resolve()):
+        return "another ROI file"
+    return ""
 
 
 def predict_slides(
@@ -358,7 +375,8 @@ def predict_slides(
 ) -> list[SlideOutcome]:
     """Predict every slide of ``tasks`` on the dask ``client``'s cluster; outcomes in task order.
 
-    Slides whose outputs in ``settings.out_dir`` are complete are skipped. ``progress(done,
+    Slides whose outputs in ``settings.out_dir`` are complete are skipped, unless another model,
+    stride or ROI file made them: those are made again (the summary says so). ``progress(done,
     total, stem)`` follows the slides, ``slide_progress(stem, done, total, message)`` the tiles of
     each running slide (sent by the workers). ``cancel`` cancels the remaining slides and raises
     ``CancelledError``; finished slides stay complete, the others look unfinished.
@@ -369,11 +387,15 @@ def predict_slides(
     settings.out_dir.mkdir(parents=True, exist_ok=True)
     outcomes: dict[str, SlideOutcome] = {}
     to_run: list[SlideTask] = []
+    redone: dict[str, str] = {}  # stem -> why its complete outputs are made again
     for task in tasks:
         if outputs_complete(settings.out_dir, task.stem):
-            outcomes[task.stem] = skipped_outcome(task, settings.out_dir)
-        else:
-            to_run.append(task)
+            why = made_otherwise(_run_record(task, settings.out_dir), task, settings)
+            if not why:
+                outcomes[task.stem] = skipped_outcome(task, settings.out_dir)
+                continue
+            redone[task.stem] = f"replaces outputs made with {why}"
+        to_run.append(task)
     total, done = len(tasks), len(outcomes)
     if progress:
         progress(done, total, f"{done} slides already complete" if done else "")
@@ -404,7 +426,10 @@ def predict_slides(
                 continue
             for future in finished:
                 task = futures[future]
-                outcomes[task.stem] = _future_outcome(future, task)
+                outcome = _future_outcome(future, task)
+                if task.stem in redone and outcome.status == "ok":
+                    outcome.reason = redone[task.stem]
+                outcomes[task.stem] = outcome
                 done += 1
                 if progress:
                     progress(done, total, task.stem)
