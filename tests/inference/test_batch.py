@@ -180,6 +180,11 @@ def test_predict_slides_runs_resumes_and_reports_failures(slides_dir, checkpoint
     wider = batch.PredictSettings(**{**vars(settings), "stride": 128})
     [again] = batch.predict_slides(tasks[:1], wider, client)
     assert (again.status, again.reason) == ("ok", "replaces outputs made with another stride")
+    batch.write_summary([again], out / "summary.csv")  # the other slides' rows stay
+    with open(out / "summary.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["stem"] for r in rows] == [o.stem for o in outcomes]
+    assert rows[0]["reason"] == "replaces outputs made with another stride"
 
 
 def test_outputs_made_otherwise_are_named(tmp_path, checkpoint):

@@ -544,14 +544,20 @@ SUMMARY_COLUMNS = tuple(f.name for f in fields(SlideOutcome))
 
 
 def write_summary(outcomes: Sequence[SlideOutcome], path: str | os.PathLike) -> None:
-    """The run summary as CSV, one row per slide (atomic)."""
+    """The summary CSV, one row per slide (atomic). Rows an earlier run wrote to ``path`` for
+    slides this run did not have stay, in their place; this run's replace theirs or follow."""
+    rows = {}
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = {row["stem"]: row for row in csv.DictReader(fh) if row.get("stem")}
+    except (OSError, csv.Error, KeyError):
+        pass
+    for outcome in outcomes:
+        rows[outcome.stem] = asdict(outcome) | {"seconds": f"{outcome.seconds:.2f}"}
     with atomic_open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=SUMMARY_COLUMNS)
+        writer = csv.DictWriter(fh, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore")
         writer.writeheader()
-        for outcome in outcomes:
-            row = asdict(outcome)
-            row["seconds"] = f"{outcome.seconds:.2f}"
-            writer.writerow(row)
+        writer.writerows(rows.values())
 
 
 def package_versions() -> dict[str, str | None]:
