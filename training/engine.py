@@ -74,6 +74,20 @@ def append_jsonl(path: Path, record: dict) -> None:
         fh.write(json.dumps(record) + "\n")
 
 
+#: config keys a resumed run may change: where and how it runs, not what it computes
+RESUME_FREE_KEYS = ("out", "device", "resume", "num_workers")
+
+
+def _changed_settings(saved: dict | None, settings: dict) -> str:
+    """The settings that differ from a saved state's, as ``"epochs 3 -> 4, lr ..."``."""
+    if not saved or not settings:  # nothing to compare
+        return ""
+    keys = sorted(set(saved) | set(settings))
+    return ", ".join(
+        f"{k} {saved.get(k)!r} -> {settings.get(k)!r}" for k in keys if saved.get(k) != settings.get(k)
+    )
+
+
 def fit(
     model,
     loss_step: Callable,
@@ -95,6 +109,7 @@ def fit(
     on_epoch: Callable[[dict], None] | None = None,
     what: str = "training",
     freeze_bn: bool = False,
+    settings: dict | None = None,
 ) -> FitResult:
     """Train ``model`` for ``schedule.epochs`` epochs and return the history.
 
@@ -106,6 +121,8 @@ def fit(
     each epoch and picked up when ``resume`` is set; metrics go to ``out_dir/metrics.jsonl``.
     A set ``cancel`` raises ``CancelledError`` between batches; the last finished epoch is kept.
     ``freeze_bn`` keeps BatchNorm layers in eval mode (running statistics) while training.
+    ``settings`` (the run's config) is saved with the state; a state saved with other settings
+    is not resumed (``TrainingDataError``), since the run would not repeat the one it continues.
     """
     import torch
 
@@ -117,8 +134,18 @@ def fit(
     optimizer = build_optimizer(model, schedule)
     result = FitResult()
     start_epoch, bad_epochs = 0, 0
+    # as the state's JSON gives them back
+    settings = json.loads(json.dumps({k: v for k, v in (settings or {}).items()
+                                      if k not in RESUME_FREE_KEYS}))
     if resume and has_train_state(state_dir):
         meta = load_train_state(state_dir, model, optimizer)
+        changed = _changed_settings(meta.get("settings"), settings)
+        if changed:
+            raise TrainingDataError(
+                f"{state_dir}: saved by a run with other settings ({changed}), which resuming "
+                "would not repeat; resume with the same config, or pass --no-resume (resume: "
+                "false) to start afresh"
+            )
         start_epoch = meta["epoch"] + 1
         bad_epochs = meta["bad_epochs"]
         result.history, result.best_epoch, result.best_score = (
@@ -221,6 +248,7 @@ def fit(
                     "best_epoch": result.best_epoch,
                     "best_score": result.best_score,
                     "stopped_early": result.stopped_early,
+                    "settings": settings,
                 },
             )
         barrier(env)

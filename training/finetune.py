@@ -317,6 +317,7 @@ def finetune(
         patience=config.patience if validate is not None else None,
         on_improve=save_best,
         resume=config.resume,
+        settings=config_dict(config),
         progress=progress,
         cancel=cancel,
         on_epoch=on_epoch,

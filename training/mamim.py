@@ -147,7 +147,7 @@ def pretrain(
                                    grad_clip=config.grad_clip),
                  env=env, out_dir=out_dir, amp=config.amp and env.device.startswith("cuda"),
                  resume=config.resume, progress=progress, cancel=cancel, on_epoch=on_epoch,
-                 what="MAMIM pretraining")
+                 what="MAMIM pretraining", settings=config_dict(config))
     checkpoint = out_dir / "backbone.safetensors"
     if env.is_main:
         card = ModelCard(arch=config.arch, class_names=[], class_colors=[], tile_size=tiles.tile_size,

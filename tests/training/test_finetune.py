@@ -1,4 +1,5 @@
 import json
+import shutil
 import threading
 from types import SimpleNamespace
 
@@ -66,6 +67,21 @@ def test_resume_after_cancel_equals_uninterrupted(small_task, tmp_path, torch_th
     b, _ = load_checkpoint(resumed["checkpoint"])
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(x, y, rtol=0, atol=1e-6, msg=name)
+
+
+def test_a_state_saved_with_other_settings_is_not_resumed(trained, small_task, tmp_path):
+    from napari_ssmamba.errors import TrainingDataError
+
+    out, _, _ = trained
+    train, val = small_task
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    # one more epoch on a finished cosine schedule is not the 5-epoch run the card would claim
+    with pytest.raises(TrainingDataError, match=r"other settings \(epochs 4 -> 5\).*--no-resume"):
+        finetune(_config(copy, epochs=5), train, val)
+    # where it runs may change
+    resumed = finetune(_config(copy, num_workers=1), train, val)
+    assert [h["epoch"] for h in resumed["history"]] == [0, 1, 2, 3]
 
 
 def test_cached_frozen_stages_train_only_the_tail(small_task, tmp_path, torch_threads):
