@@ -112,6 +112,20 @@ def test_an_unknown_compression_is_not_blamed_on_a_missing_imagecodecs(slides_di
         open_slide(slides_dir / "corrupt" / "unopenable.tiff")
 
 
+@pytest.mark.parametrize(
+    "name, size, refers_to",
+    [
+        ("CMU-1-Small-Region.svs", 1_000_000, "1,275,950"),  # its first directory is past the end
+        ("kidney-48-5.tif", 2_000_000, "4,035,719"),  # its image data runs past the end
+    ],
+)
+def test_a_truncated_file_is_called_so(slides_dir, tmp_path, name, size, refers_to):
+    cut = tmp_path / name
+    cut.write_bytes((slides_dir / name).read_bytes()[:size])
+    with pytest.raises(SlideError, match=f"{name}: the file ends early: .* byte {refers_to}"):
+        open_slide(cut)
+
+
 def test_not_a_slide_raises_slide_error(tmp_path):
     path = tmp_path / "notes.tif"
     path.write_text("not an image")

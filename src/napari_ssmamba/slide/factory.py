@@ -47,10 +47,52 @@ def open_slide(path: str | Path, mpp: float | tuple[float, float] | None = None)
     try:
         return TiffSlide(path, mpp=mpp)
     except SlideError as exc:
+        cut_at = _truncated_at(path)
+        if cut_at is not None:
+            raise SlideError(
+                f"{path}: the file ends early: it has {path.stat().st_size:,} bytes, but its TIFF "
+                f"structure refers to byte {cut_at:,}. It is an incomplete copy or download; "
+                "copy it again"
+            ) from exc
         if openslide_reason is None:
             raise SlideError(f"{path}: not a slide format napari-ssmamba can read. OpenSlide "
                              f"does not recognise it and tifffile says: {exc}") from exc
         raise SlideError(f"{openslide_reason}; tifffile cannot read it either: {exc}") from exc
+
+
+def _truncated_at(path: Path) -> int | None:
+    """The first byte past the end of a TIFF that its directories or image data refer to, or
+    None when nothing points past the end (or the file is no TIFF)."""
+    import struct
+
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        header = fh.read(16)
+    if len(header) < 8 or header[:2] not in (b"II", b"MM"):
+        return None
+    order = "<" if header[:2] == b"II" else ">"
+    magic = struct.unpack(order + "H", header[2:4])[0]
+    if magic == 42:
+        first_ifd = struct.unpack(order + "I", header[4:8])[0]
+    elif magic == 43 and len(header) == 16:
+        first_ifd = struct.unpack(order + "Q", header[8:16])[0]
+    else:
+        return None
+    if first_ifd >= size:
+        return first_ifd
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            ends = [
+                int(offset) + int(count)
+                for page in tif.pages
+                for offset, count in zip(page.dataoffsets, page.databytecounts)
+            ]
+    except Exception:  # noqa: BLE001 - unreadable for other reasons: not ours to name
+        return None
+    beyond = [end for end in ends if end > size]
+    return min(beyond) if beyond else None
 
 
 def _tifffile_reads_better(path: Path) -> bool:
