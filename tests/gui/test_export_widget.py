@@ -66,16 +66,24 @@ def test_heatmap_writer_opens_in_openslide_aligned(make_napari_viewer, tmp_path,
     data, meta, _ = layer.as_layer_data_tuple()
     [written] = write_heatmap(str(tmp_path / "tumor.tif"), data, meta)
     with openslide.OpenSlide(written) as tiff:
-        assert float(tiff.properties["openslide.mpp-x"]) == pytest.approx(scale[1], rel=1e-3)
-        # the grid's first cell sits at origin / cell in TIFF pixels
+        # each cell a block of pixels of at most 8 µm, an MPP slide readers keep
+        pixel = float(tiff.properties["openslide.mpp-x"])
+        repeat = round(scale[1] / pixel)
+        assert repeat > 1 and pixel <= 8 and repeat * pixel == pytest.approx(scale[1], rel=1e-3)
+        # the grid's first cell sits at origin / cell cells from the TIFF's origin
         cell = result.heatmap_grid.cell_l0
         oy, ox = result.heatmap_grid.origin_l0_yx
-        row, col = int(oy / cell), int(ox / cell)
-        assert tiff.dimensions == (col + result.heatmaps.shape[2], row + result.heatmaps.shape[1])
+        row, col = round(oy / cell) * repeat, round(ox / cell) * repeat
+        h, w = (n * repeat for n in result.heatmaps.shape[1:])
+        assert tiff.dimensions == (col + w, row + h)
         region = np.asarray(tiff.read_region((0, 0), 0, tiff.dimensions))[..., :3]
         assert (region[:row] == 255).all() and (region[:, :col] == 255).all()
         i, j = np.argwhere(result.labels > 0)[0]
-        assert tuple(region[row + i, col + j]) != (255, 255, 255)
+        block = region[row + i * repeat : row + (i + 1) * repeat, col + j * repeat :][:, :repeat]
+        assert (block != 255).any(axis=-1).all()
+    # and our reader lays it over the slide in µm
+    [reopened] = viewer.open(written, plugin="napari-ssmamba")
+    np.testing.assert_allclose(reopened.scale[-2:], [pixel, pixel], rtol=1e-3)
 
 
 def test_cells_the_colormap_leaves_transparent_are_written_white():

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
+
+#: the written TIFF's pixels are at most this many µm on a side
+MAX_PIXEL_UM = 8.0
 
 
 def layer_rgb(data, meta: dict) -> np.ndarray:
@@ -35,18 +39,25 @@ def layer_rgb(data, meta: dict) -> np.ndarray:
 def write_heatmap(path: str, data, meta: dict) -> list[str]:
     """Write an image layer as a pyramidal TIFF whose pixel (0, 0) is the slide's origin.
 
-    The layer's ``translate`` is turned into a white margin of whole pixels, and its ``scale`` (µm
-    per pixel when the layer's units are µm) becomes the TIFF's MPP.
+    The layer's ``translate`` is turned into a white margin of whole pixels. With units in µm, its
+    ``scale`` gives the TIFF's MPP, each layer pixel drawn as a block of pixels at most
+    ``MAX_PIXEL_UM`` wide: a heatmap cell of 112 µm would be an MPP that slide readers take for
+    a wrong one and drop (ours does above 50 µm/px).
     """
     from napari_ssmamba.export.tiff import write_pyramidal_tiff
 
     rgb = layer_rgb(data, meta)
     scale = np.asarray(meta.get("scale", (1.0, 1.0)), dtype=float)[-2:]
     translate = np.asarray(meta.get("translate", (0.0, 0.0)), dtype=float)[-2:]
-    pad_y, pad_x = (max(round(t / s), 0) for t, s in zip(translate, scale))
-    if pad_y or pad_x:
-        rgb = np.pad(rgb, ((pad_y, 0), (pad_x, 0), (0, 0)), constant_values=255)
     units = [str(u) for u in (meta.get("units") or ())]
     in_microns = bool(units) and all(u in ("micrometer", "µm", "um", "micron") for u in units[-2:])
-    path = write_pyramidal_tiff(Path(path), rgb, tuple(scale) if in_microns else None)
+    repeat = max(math.ceil(scale.max() / MAX_PIXEL_UM), 1) if in_microns else 1
+    pixel = scale / repeat
+    # napari centres a layer's pixel (0, 0) on its translate: its top-left corner is half a pixel
+    # before it
+    pad_y, pad_x = (max(round(e / p), 0) for e, p in zip(translate - scale / 2, pixel))
+    rgb = np.repeat(np.repeat(rgb, repeat, axis=0), repeat, axis=1)
+    if pad_y or pad_x:
+        rgb = np.pad(rgb, ((pad_y, 0), (pad_x, 0), (0, 0)), constant_values=255)
+    path = write_pyramidal_tiff(Path(path), rgb, tuple(pixel) if in_microns else None)
     return [str(path)]
