@@ -17,6 +17,8 @@ from napari_ssmamba._atomic import atomic_path
 TILE = 256
 #: the heatmap TIFF's pixels are at most this many level-0 px on a side
 MAX_TIFF_PIXEL_L0 = 16
+#: the start of the ImageDescription of the heatmaps we write, by which our reader knows them
+HEATMAP_DESCRIPTION = "napari-ssmamba heatmap"
 
 
 def render_heatmap_rgba(result) -> tuple[np.ndarray, float]:
@@ -50,10 +52,11 @@ def write_pyramidal_tiff(
     mpp_yx: tuple[float, float] | None,
     tile: int = TILE,
     compression: str = "zlib",
+    description: str = HEATMAP_DESCRIPTION,
 ) -> Path:
     """Write an (h, w, 3) uint8 image as a tiled pyramidal TIFF with ``mpp_yx`` µm/px, atomically.
 
-    Levels halve until the image fits one tile.
+    Levels halve until the image fits one tile; ``description`` is level 0's ImageDescription.
     """
     import tifffile
     from PIL import Image
@@ -85,6 +88,7 @@ def write_pyramidal_tiff(
                 compression=compression,
                 subfiletype=1 if index else 0,
                 metadata=None,
+                description=None if index else description,
                 **kwargs,
             )
     return path

@@ -84,6 +84,12 @@ def slide_layer_data(slide: Slide, name: str | None = None) -> list[tuple]:
         },
     }
     levels = slide.level_readers
+    if _is_our_heatmap(slide):
+        # white where nothing was classified: multiplied with the slide under it, white leaves
+        # the tissue as it is and the class colours tint it
+        kwargs["metadata"]["heatmap"] = True
+        kwargs.update(rgb=True, blending="multiplicative", opacity=0.7)
+        return [(levels, kwargs, "image")]
     if slide.is_rgb:
         kwargs.update(rgb=True, contrast_limits=_dtype_range(slide.dtype))
         return [(levels, kwargs, "image")]
@@ -231,5 +237,14 @@ def annotation_frame_layer(viewer):
 
 
 def is_slide_layer(layer) -> bool:
-    """Whether ``layer`` shows a slide opened by this plugin's reader."""
-    return getattr(layer, "metadata", None) is not None and "slide_path" in layer.metadata
+    """Whether ``layer`` shows a slide opened by this plugin's reader (not a heatmap TIFF we
+    wrote, which is laid over one)."""
+    metadata = getattr(layer, "metadata", None)
+    return metadata is not None and "slide_path" in metadata and not metadata.get("heatmap")
+
+
+def _is_our_heatmap(slide: Slide) -> bool:
+    from napari_ssmamba.export.tiff import HEATMAP_DESCRIPTION
+
+    description = slide.properties.get("tiff.ImageDescription") or ""
+    return slide.is_rgb and description.startswith(HEATMAP_DESCRIPTION)
