@@ -34,5 +34,9 @@ class MissingSourceError(SSMambaError, FileNotFoundError):
     """A training data source names a file or folder that does not exist."""
 
 
+class NvJpegError(SSMambaError, RuntimeError):
+    """An nvJPEG call failed while decoding a slide's tiles on the GPU."""
+
+
 class CancelledError(SSMambaError):
     """A long job was cancelled by the user; whatever it had written stays consistent."""

@@ -134,6 +134,24 @@ def test_a_tile_the_file_does_not_store_is_white(sample_slide):
     assert (tile[:tile_h, :tile_w] == 255).all()
 
 
+def test_a_corrupt_tile_is_a_slide_error_naming_the_slide(ycbcr_pyramid, tmp_path):
+    import tifffile
+
+    from napari_ssmamba.errors import SlideError
+
+    corrupt = tmp_path / "corrupt.tif"
+    data = bytearray(ycbcr_pyramid.read_bytes())
+    with tifffile.TiffFile(ycbcr_pyramid) as tif:  # tile (1, 2) of level 0: past the open check
+        offset, count = tif.pages[0].dataoffsets[9], tif.pages[0].databytecounts[9]
+    data[offset + 20 : offset + count] = b"\xff" * (count - 20)
+    corrupt.write_bytes(bytes(data))
+    with open_slide(corrupt) as slide:
+        geometry = tile_geometry(slide.mpp, slide.level_downsamples, 224, 0.25)
+        reader = JpegBatchReader(slide, geometry, "cpu", decode=cpu_decoder(slide, geometry))
+        with pytest.raises(SlideError, match="corrupt.tif: cannot decode the JPEG tiles"):
+            reader(np.array([[2 * 256 + 10, 256 + 10, 224, 224]]))
+
+
 def test_decoded_tiles_are_reused_by_the_next_batch(ycbcr_pyramid):
     with open_slide(ycbcr_pyramid) as slide:
         geometry = tile_geometry(slide.mpp, slide.level_downsamples, 224, 0.5)

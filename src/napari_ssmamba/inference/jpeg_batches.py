@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from napari_ssmamba.errors import BackendUnavailableError
+from napari_ssmamba.errors import BackendUnavailableError, SlideError
 from napari_ssmamba.inference.nvjpeg import CheckedStreams, decoder_for
 
 logger = logging.getLogger(__name__)
@@ -95,9 +95,12 @@ def libjpeg_decoder(colorspace: str) -> Callable:
         array = host.numpy()
 
         def decode_one(i):
-            imagecodecs.jpeg8_decode(
-                streams[i], colorspace=colorspace.upper(), outcolorspace="RGB", out=array[i]
-            )
+            try:
+                imagecodecs.jpeg8_decode(
+                    streams[i], colorspace=colorspace.upper(), outcolorspace="RGB", out=array[i]
+                )
+            except imagecodecs.Jpeg8Error as error:  # a corrupt tile: the caller names the slide
+                raise ValueError(f"a tile does not decode ({error})") from error
 
         list(pool.map(decode_one, range(len(streams))))
         if out.is_cuda:
@@ -374,9 +377,9 @@ class JpegBatchReader:
             decoding()
         self.decode(streams, out)
 
-    def _undecodable(self, error: ValueError) -> ValueError:
+    def _undecodable(self, error: ValueError) -> SlideError:
         tile_h, tile_w = self.jpeg.tile_hw
-        return ValueError(
+        return SlideError(
             f"{self.slide.path}: cannot decode the JPEG tiles of level {self.geometry.level} as "
             f"{tile_h} x {tile_w} RGB: {error}"
         )

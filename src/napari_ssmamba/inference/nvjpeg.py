@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from napari_ssmamba.errors import BackendUnavailableError
+from napari_ssmamba.errors import BackendUnavailableError, NvJpegError
 
 _BACKEND_DEFAULT, _BACKEND_HARDWARE = 0, 3
 _OUTPUT_RGBI = 5  # interleaved RGB
@@ -70,10 +70,6 @@ class CheckedStreams:
 
     def __len__(self) -> int:
         return len(self.streams)
-
-
-class NvJpegError(RuntimeError):
-    """An nvJPEG call failed; the message names the call and nvJPEG's status."""
 
 
 def _candidates() -> list[str]:
@@ -145,7 +141,10 @@ def _declare(lib: ctypes.CDLL) -> None:
 
 def _check(status: int, call: str) -> None:
     if status != 0:
-        raise NvJpegError(f"{call} failed: {_STATUS.get(status, 'status')} ({status})")
+        raise NvJpegError(
+            f"nvJPEG's {call} failed: {_STATUS.get(status, 'status')} ({status}); decode the "
+            "tiles on the CPU instead (--decoder cpu, or classify_slide(..., decoder='cpu'))"
+        )
 
 
 class BatchedJpegDecoder:
