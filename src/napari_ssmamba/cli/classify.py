@@ -8,13 +8,11 @@ from pathlib import Path
 import click
 
 from napari_ssmamba.inference.jpeg_batches import DECODERS
-
-#: the µm per pixel ``--mpp`` accepts: beyond it, tiles are under a pixel or larger than any slide
-MPP_RANGE = (0.01, 100.0)
-
+from napari_ssmamba.slide.properties import MAX_PLAUSIBLE_MPP, MIN_PLAUSIBLE_MPP
 
 class MppType(click.ParamType):
-    """µm per pixel: one number (square pixels) or ``Y,X``, within ``MPP_RANGE``."""
+    """µm per pixel: one number (square pixels) or ``Y,X``, each a plausible slide MPP
+    (``napari_ssmamba.slide.properties``)."""
 
     name = "MPP"
 
@@ -27,7 +25,7 @@ class MppType(click.ParamType):
             self.fail(f"{value!r} is not a number or a pair Y,X of numbers", param, ctx)
         if len(parts) == 1:
             parts = parts * 2
-        low, high = MPP_RANGE
+        low, high = MIN_PLAUSIBLE_MPP, MAX_PLAUSIBLE_MPP
         if len(parts) != 2 or not all(low <= part <= high for part in parts):  # NaN fails too
             self.fail(
                 f"{value!r}: give µm per pixel from {low:g} to {high:g}, one number or Y,X "

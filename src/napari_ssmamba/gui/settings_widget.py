@@ -19,6 +19,7 @@ from qtpy.QtWidgets import (
 
 from napari_ssmamba.gui.slide_reader import is_slide_layer, set_layer_mpp
 from napari_ssmamba.settings import DEVICES, load_settings, save_settings
+from napari_ssmamba.slide.properties import MAX_PLAUSIBLE_MPP, MIN_PLAUSIBLE_MPP
 
 CHECKPOINT_FILTER = "SSMamba checkpoints (*.safetensors);;All files (*)"
 
@@ -46,7 +47,7 @@ class SettingsWidget(QWidget):
 
         self.mpp = QDoubleSpinBox()
         self.mpp.setDecimals(4)
-        self.mpp.setRange(0.01, 50.0)
+        self.mpp.setRange(MIN_PLAUSIBLE_MPP, MAX_PLAUSIBLE_MPP)
         self.mpp.setSingleStep(0.05)
         self.mpp.setValue(0.5)
         self.mpp.setSuffix(" µm/px")

@@ -25,9 +25,10 @@ _MICRONS_PER_UNIT = {
 }
 #: dots per inch written by image libraries when nobody measured anything
 _DEFAULT_DPIS = (72.0, 96.0, 150.0, 300.0, 600.0)
-#: a level-0 pixel larger than this is not a microscope pixel (72 dpi is 352.8 µm)
+#: the pixel sizes (µm) a slide may have, from a file or from the user: below, tiles would be
+#: under a pixel; above, no microscope made it (72 dpi, a default of image libraries, is 352.8 µm)
+MIN_PLAUSIBLE_MPP = 0.01
 MAX_PLAUSIBLE_MPP = 50.0
-MIN_PLAUSIBLE_MPP = 1e-3
 
 
 def to_microns(value: float, unit: str | None) -> float | None:

@@ -19,6 +19,7 @@ import numpy as np
 
 from napari_ssmamba.errors import SlideError
 from napari_ssmamba.slide.cache import TileCache
+from napari_ssmamba.slide.properties import MAX_PLAUSIBLE_MPP, MIN_PLAUSIBLE_MPP, plausible_mpp
 
 #: reduced levels are added until the smallest side of the smallest level is at most this
 MIN_OVERVIEW_SIDE = 1024
@@ -148,8 +149,11 @@ def normalize_mpp(mpp: float | tuple[float, float] | None) -> tuple[float, float
     if np.isscalar(mpp):
         mpp = (mpp, mpp)
     mpp_y, mpp_x = (float(v) for v in mpp)
-    if not (mpp_y > 0 and mpp_x > 0 and math.isfinite(mpp_y) and math.isfinite(mpp_x)):
-        raise ValueError(f"mpp must be positive µm per pixel, got {mpp!r}")
+    if not (plausible_mpp(mpp_y) and plausible_mpp(mpp_x)):
+        raise ValueError(
+            f"mpp must be {MIN_PLAUSIBLE_MPP:g}-{MAX_PLAUSIBLE_MPP:g} µm per pixel, got {mpp!r} "
+            "(whole-slide scans are 0.1-1 µm/px)"
+        )
     return (mpp_y, mpp_x)
 
 
