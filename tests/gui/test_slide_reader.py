@@ -105,3 +105,18 @@ def test_our_heatmap_tiff_lies_over_the_slide_and_is_no_slide(make_napari_viewer
     assert (over.blending, over.opacity) == ("multiplicative", 0.7)
     assert not is_slide_layer(over) and is_slide_layer(image)
     assert image.blending != "multiplicative"
+
+
+def test_the_manifest_claims_the_slide_suffixes():
+    import importlib.resources
+
+    import yaml
+
+    from napari_ssmamba.slide import SLIDE_SUFFIXES
+
+    manifest = yaml.safe_load(
+        importlib.resources.files("napari_ssmamba").joinpath("napari.yaml").read_text()
+    )
+    [slides] = [r for r in manifest["contributions"]["readers"] if r["command"].endswith("slide")]
+    claimed = {pattern.removeprefix("*") for pattern in slides["filename_patterns"]}
+    assert set(SLIDE_SUFFIXES) <= claimed

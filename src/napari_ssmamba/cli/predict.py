@@ -15,6 +15,7 @@ import click
 
 from napari_ssmamba.cli import errors_as_messages
 from napari_ssmamba.cli.classify import MppType
+from napari_ssmamba.slide import SLIDE_SUFFIXES
 
 
 @click.command()
@@ -64,8 +65,7 @@ from napari_ssmamba.cli.classify import MppType
 )
 @click.option(
     "--extensions", default=None, metavar="EXT,EXT...",
-    help="Slide file extensions taken from folders. Default: .svs,.tif,.tiff,.ndpi,.vms,.vmu,"
-    ".scn,.mrxs,.bif,.svslide,.dcm,.qptiff.",
+    help=f"Slide file extensions taken from folders. Default: {','.join(SLIDE_SUFFIXES)}.",
 )
 @click.option("--recursive", is_flag=True, help="Look for slides in subfolders too.")
 def predict(
@@ -109,7 +109,7 @@ def predict(
         "device": device, "stride_px": stride, "batch_size": batch_size,
         "extensions": extensions, "recursive": recursive,
     }
-    suffixes = batch.SLIDE_EXTENSIONS if extensions is None else tuple(
+    suffixes = SLIDE_SUFFIXES if extensions is None else tuple(
         e.strip() for e in extensions.split(",") if e.strip())
     slides = batch.find_slides(inputs, suffixes, recursive=recursive)
     if not slides:

@@ -10,15 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_ssmamba.slide import Slide, SlideError, open_slide
+from napari_ssmamba.slide import SLIDE_SUFFIXES, VENDOR_SUFFIXES, Slide, SlideError, open_slide
 
 logger = logging.getLogger(__name__)
 
-#: formats only slide readers open
-VENDOR_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide", ".qptiff")
-#: what the manifest's filename patterns accept; TIFF and DICOM files that are not slides are left
-#: to other readers
-SLIDE_SUFFIXES = (*VENDOR_SUFFIXES, ".tif", ".tiff", ".dcm")
 MICRONS = "um"
 PIXELS = "pixel"
 MISSING_MPP_HINT = ("shown in pixels. Set its pixel size in Plugins > SSMamba WSI > Settings "

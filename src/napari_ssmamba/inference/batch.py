@@ -35,14 +35,10 @@ from typing import Any
 from napari_ssmamba._atomic import atomic_open
 from napari_ssmamba.errors import CancelledError, SSMambaError
 from napari_ssmamba.progress import ProgressCallback, raise_if_cancelled
+from napari_ssmamba.slide import SLIDE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
-#: file extensions of whole-slide images (OpenSlide's formats, TIFF / OME-TIFF, DICOM, QPTIFF)
-SLIDE_EXTENSIONS = (
-    ".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".bif", ".svslide",
-    ".dcm", ".qptiff",
-)
 #: names tried in ``--roi-dir`` for a slide, in order
 ROI_NAME_PATTERNS = ("{stem}.geojson", "{name}.geojson", "{stem}.json")
 SUMMARY_NAME = "summary.csv"
@@ -94,7 +90,7 @@ class SlideOutcome:
 
 def find_slides(
     inputs: Iterable[str | os.PathLike],
-    extensions: Sequence[str] = SLIDE_EXTENSIONS,
+    extensions: Sequence[str] = SLIDE_SUFFIXES,
     recursive: bool = False,
 ) -> list[Path]:
     """Expand files and folders to slide files, in order, without duplicates.

@@ -6,7 +6,7 @@ dask are imported when a slide is opened.
 
 from napari_ssmamba._lazy import lazy_getattr
 from napari_ssmamba.errors import SlideError
-from napari_ssmamba.slide.factory import open_slide
+from napari_ssmamba.slide.factory import SLIDE_SUFFIXES, VENDOR_SUFFIXES, open_slide
 from napari_ssmamba.slide.properties import (
     PROPERTY_BACKGROUND_COLOR,
     PROPERTY_COMMENT,
@@ -25,6 +25,8 @@ __all__ = [
     "PROPERTY_MPP_Y",
     "PROPERTY_OBJECTIVE_POWER",
     "PROPERTY_VENDOR",
+    "SLIDE_SUFFIXES",
+    "VENDOR_SUFFIXES",
     "LevelReader",
     "OpenSlideSlide",
     "Slide",

@@ -11,6 +11,11 @@ from napari_ssmamba.slide.slide import Slide
 
 logger = logging.getLogger(__name__)
 
+#: file suffixes only slide readers open (the vendors' formats and QPTIFF)
+VENDOR_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide", ".qptiff")
+#: file suffixes of whole-slide images; TIFF and DICOM files may also be something else
+SLIDE_SUFFIXES = (*VENDOR_SUFFIXES, ".tif", ".tiff", ".dcm")
+
 
 def open_slide(path: str | Path, mpp: float | tuple[float, float] | None = None) -> Slide:
     """Open a whole-slide image.
