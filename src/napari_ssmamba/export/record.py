@@ -7,36 +7,16 @@ import datetime
 import hashlib
 import json
 import os
-import platform
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
 from napari_ssmamba._atomic import atomic_open
+from napari_ssmamba._provenance import file_sha256, package_versions
 from napari_ssmamba.export.paths import output_paths
 
 RECORD_FORMAT = "napari-ssmamba run record"
 RECORD_VERSION = 1
-_PACKAGES = (
-    "napari-ssmamba",
-    "torch",
-    "numpy",
-    "openslide-python",
-    "openslide-bin",
-    "tifffile",
-    "shapely",
-    "pillow",
-    "safetensors",
-)
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def card_dict(card) -> dict:
@@ -56,16 +36,6 @@ def card_sha256(card) -> str:
     """sha256 of the model card's canonical JSON (sorted keys, no spaces)."""
     text = json.dumps(card_dict(card), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def package_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in _PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
 
 
 def _jsonable(value):

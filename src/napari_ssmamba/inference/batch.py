@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_ssmamba._atomic import atomic_open
+from napari_ssmamba._provenance import package_versions
 from napari_ssmamba.errors import CancelledError, SSMambaError
 from napari_ssmamba.progress import ProgressCallback, raise_if_cancelled
 from napari_ssmamba.slide import SLIDE_SUFFIXES
@@ -554,21 +555,6 @@ def write_summary(outcomes: Sequence[SlideOutcome], path: str | os.PathLike) -> 
         writer = csv.DictWriter(fh, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows.values())
-
-
-def package_versions() -> dict[str, str | None]:
-    """Versions of the packages a prediction depends on (None where one is not installed)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    names = ("napari-ssmamba", "torch", "numpy", "dask", "distributed", "dask-cuda",
-             "openslide-python", "openslide-bin", "tifffile", "imagecodecs", "shapely", "mamba-ssm")
-    versions: dict[str, str | None] = {"python": platform.python_version()}
-    for name in names:
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            versions[name] = None
-    return versions
 
 
 @dataclass

@@ -10,11 +10,11 @@ unpickling can run code, and ``torch.load(weights_only=True)`` did too before to
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
 
 from napari_ssmamba._atomic import atomic_open, atomic_path
+from napari_ssmamba._provenance import file_sha256
 from napari_ssmamba.errors import CheckpointError
 
 FORMAT_VERSION = 1
@@ -78,14 +78,6 @@ class ModelCard:
             raise CheckpointError(f"{source}: invalid model card ({exc}); fix the JSON or re-save") from exc
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def card_path_for(weights_path: Path) -> Path:
     return weights_path.with_suffix(".json")
 
@@ -106,7 +98,7 @@ def save_checkpoint(model, card: ModelCard, path) -> Path:
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt", "arch": card.arch})
-        sha = _sha256(tmp)
+        sha = file_sha256(tmp)
     card = dataclasses.replace(card, weights_sha256=sha, format_version=FORMAT_VERSION)
     with atomic_open(card_path_for(path)) as fh:
         json.dump(card.to_dict(), fh, indent=2)
@@ -200,7 +192,7 @@ def load_checkpoint(path, device="cpu", scan_backend: str = "auto", require_clas
         raise CheckpointError(f"{path}: checkpoint not found")
     weights_path, card_path = _resolve(path)
     card = read_card(card_path)
-    if card.weights_sha256 is not None and _sha256(weights_path) != card.weights_sha256:
+    if card.weights_sha256 is not None and file_sha256(weights_path) != card.weights_sha256:
         raise CheckpointError(
             f"{weights_path}: sha256 differs from the one in {card_path.name}; the weights were "
             "replaced or damaged. Restore the pair as saved, or re-save with save_checkpoint")
