@@ -22,6 +22,7 @@ from napari_ssmamba.annotations.annotation import Annotation
 from napari_ssmamba.annotations.colors import RGB, unpack_rgb
 from napari_ssmamba.annotations.geojson import read_geojson
 from napari_ssmamba.errors import AnnotationError
+from napari_ssmamba.slide.properties import plausible_mpp, to_microns
 
 __all__ = ["QuPathImage", "QuPathProject", "read_qupath_project"]
 
@@ -29,17 +30,6 @@ PROJECT_FILE_NAME = "project.qpproj"
 
 # Sub-folders of a project where scripts and users commonly put exported GeoJSON.
 _EXPORT_FOLDERS = ("", "export", "exports", "annotations", "geojson")
-
-_UNIT_TO_MICRONS = {
-    "µm": 1.0,
-    "μm": 1.0,
-    "um": 1.0,
-    "micron": 1.0,
-    "microns": 1.0,
-    "mm": 1000.0,
-    "nm": 0.001,
-}
-
 
 @dataclass(frozen=True)
 class QuPathImage:
@@ -317,11 +307,13 @@ def _mpp(calibration: Any) -> tuple[float, float] | None:
         size = calibration.get(key)
         if not isinstance(size, dict):
             return None
-        scale = _UNIT_TO_MICRONS.get(str(size.get("unit", "")).strip())
-        value = size.get("value")
-        if scale is None or not isinstance(value, (int, float)) or not value > 0:
+        value, unit = size.get("value"), str(size.get("unit", "")).strip()
+        if not unit or not isinstance(value, (int, float)) or isinstance(value, bool):
             return None
-        sizes.append(float(value) * scale)
+        microns = to_microns(value, unit)  # None for QuPath's "px" of an uncalibrated image
+        if not plausible_mpp(microns):
+            return None
+        sizes.append(microns)
     return (sizes[0], sizes[1])
 
 

@@ -20,7 +20,7 @@ PROPERTY_COMMENT = "openslide.comment"
 #: µm per unit, for the length units found in OME-XML and TIFF tags
 _MICRONS_PER_UNIT = {
     "pm": 1e-6, "Å": 1e-4, "angstrom": 1e-4, "nm": 1e-3, "µm": 1.0, "μm": 1.0, "um": 1.0,
-    "micron": 1.0, "micrometer": 1.0, "mm": 1e3, "millimeter": 1e3, "cm": 1e4,
+    "micron": 1.0, "microns": 1.0, "micrometer": 1.0, "mm": 1e3, "millimeter": 1e3, "cm": 1e4,
     "centimeter": 1e4, "in": 25_400.0, "inch": 25_400.0, "m": 1e6, "meter": 1e6,
 }
 #: dots per inch written by image libraries when nobody measured anything
