@@ -69,8 +69,9 @@ class QuPathImage:
     @property
     def stem(self) -> str:
         """The image name without its file extension(s) (``"slide"`` for ``"slide.ome.tif"``)."""
-        stem = Path(self.name).stem if Path(self.name).suffix else self.name
-        return stem[: -len(".ome")] if stem.lower().endswith(".ome") else stem
+        from napari_ssmamba.export.paths import slide_stem
+
+        return slide_stem(self.name)
 
     def missing_message(self) -> str:
         """Why the image cannot be opened and where it was expected, for the user to read."""

@@ -34,6 +34,7 @@ from typing import Any
 
 from napari_ssmamba._atomic import atomic_open
 from napari_ssmamba._provenance import package_versions
+from napari_ssmamba.export.paths import slide_stem
 from napari_ssmamba.errors import CancelledError, SSMambaError
 from napari_ssmamba.progress import ProgressCallback, raise_if_cancelled
 from napari_ssmamba.slide import SLIDE_SUFFIXES
@@ -133,13 +134,6 @@ def find_slides(
     return slides
 
 
-def slide_stem(slide_path: str | os.PathLike) -> str:
-    """The name a slide's outputs are written under (that of ``ssmamba classify``)."""
-    from napari_ssmamba.export import slide_stem as export_slide_stem
-
-    return export_slide_stem(slide_path)
-
-
 def match_roi_file(slide_path: Path, stem: str, roi_dir: Path | None) -> Path | None:
     """The ROI GeoJSON for a slide in ``roi_dir``: ``<stem>.geojson``, ``<file name>.geojson``
     or ``<stem>.json``; None when there is none (the slide's whole tissue is classified)."""
@@ -162,7 +156,7 @@ def plan_tasks(slides: Sequence[Path], roi_dir: Path | None = None) -> list[Slid
     roi_dir = None if roi_dir is None else Path(roi_dir).absolute()
     for path in map(Path, slides):
         path = path.absolute()  # workers may run elsewhere than the client's working folder
-        stem = slide_stem(path)
+        stem = slide_stem(path)  # the name ssmamba classify writes its outputs under
         if stem in by_stem:
             raise ValueError(
                 f"{by_stem[stem]} and {path} would both write outputs named {stem!r}; rename one "
