@@ -153,7 +153,14 @@ class QuPathProject:
         """
         annotations = []
         for path in self.geojson_files(image):
-            annotations.extend(read_geojson(path, report=report))
+            annotations.extend(self.read_annotations(path, report=report))
+        return annotations
+
+    def read_annotations(self, path: str | os.PathLike, report: list[str] | None = None
+                         ) -> list[Annotation]:
+        """The Annotations of one GeoJSON file, class colours missing from it taken from the
+        project's class list."""
+        annotations = read_geojson(path, report=report)
         for annotation in annotations:
             if annotation.class_name and annotation.color is None:
                 annotation.color = self.classes.get(annotation.class_name)

@@ -145,13 +145,10 @@ class QuPathProjectWidget(QWidget):
         report: list[str] = []
         for path in files:
             try:
-                annotations = read_geojson(path, report=report)
+                annotations = self.project.read_annotations(path, report=report)
             except (SSMambaError, OSError) as exc:
                 self._say(str(exc), error=True)
                 return layers
-            for annotation in annotations:
-                if annotation.class_name and annotation.color is None:
-                    annotation.color = self.project.classes.get(annotation.class_name)
             layers += self._add_layers(annotations, path, mpp=image.mpp)
         self._say(
             f"Loaded {', '.join(p.name for p in files)}"
