@@ -33,9 +33,8 @@ def _properties_kept(source) -> dict:
 
 def result_annotations(result, tiles: bool = True) -> list:
     """The ROIs (and tiles) of ``result`` as :class:`~napari_ssmamba.annotations.Annotation` s."""
-    import shapely
-
     from napari_ssmamba.annotations import Annotation
+    from napari_ssmamba.inference.tiling import boxes_to_polygons
 
     names, colors = result.class_names, result.class_colors
     out = []
@@ -77,9 +76,7 @@ def result_annotations(result, tiles: bool = True) -> list:
         )
     if tiles:
         boxes = result.tile_boxes_l0
-        polygons = shapely.box(
-            boxes[:, 0], boxes[:, 1], boxes[:, 0] + boxes[:, 2], boxes[:, 1] + boxes[:, 3]
-        )
+        polygons = boxes_to_polygons(boxes)
         for box, polygon, probs, tissue in zip(
             boxes, polygons, result.tile_probabilities, result.tile_tissue_fraction
         ):

@@ -22,6 +22,7 @@ from napari_ssmamba.inference.result import ClassificationResult, RoiResult, Roi
 from napari_ssmamba.inference.tiling import (
     MIN_ROI_FRACTION,
     MIN_TISSUE_FRACTION,
+    boxes_to_polygons,
     lies_outside,
     plan_tiles,
     tile_geometry,
@@ -299,7 +300,7 @@ def _union_of_tiles(boxes_l0: np.ndarray, geometry):
     x0, y0 = boxes_l0[:, 0], boxes_l0[:, 1]
     cell, (per_tile, rest) = geometry.stride_l0, divmod(geometry.tile_l0, geometry.stride_l0)
     if rest:
-        return shapely.union_all(shapely.box(x0, y0, x0 + boxes_l0[:, 2], y0 + boxes_l0[:, 3]))
+        return shapely.union_all(boxes_to_polygons(boxes_l0))
     offsets = np.arange(per_tile) * cell
     cells = np.stack(
         np.broadcast_arrays(

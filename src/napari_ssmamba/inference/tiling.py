@@ -117,7 +117,8 @@ def _grid_boxes(bounds, geometry: TileGeometry, slide_wh: tuple[int, int]) -> np
     return np.stack([xs, ys, np.full_like(xs, t), np.full_like(ys, t)], axis=1)
 
 
-def _boxes_to_polygons(boxes_l0: np.ndarray):
+def boxes_to_polygons(boxes_l0: np.ndarray):
+    """Shapely polygons of ``(n, 4)`` boxes ``minx, miny, width, height`` (level-0 px)."""
     import shapely
 
     x0, y0 = boxes_l0[:, 0], boxes_l0[:, 1]
@@ -151,7 +152,7 @@ def plan_tiles(
             boxes = _grid_boxes(roi.bounds, geometry, slide_wh)
             fraction = np.zeros(len(boxes))
             if len(boxes):
-                polygons = _boxes_to_polygons(boxes)
+                polygons = boxes_to_polygons(boxes)
                 shapely.prepare(roi)
                 fraction = shapely.area(shapely.intersection(polygons, roi)) / shapely.area(
                     polygons
