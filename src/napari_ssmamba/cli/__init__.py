@@ -50,6 +50,24 @@ def warnings_shown_on(console):
         yield
 
 
+def load_model(checkpoint):
+    """``(path, model, card)`` of ``--model`` (the bundled model without one), on the CPU, with a
+    warning when it is untrained."""
+    from pathlib import Path
+
+    from napari_ssmamba.model import default_checkpoint, load_checkpoint
+
+    checkpoint = Path(checkpoint or default_checkpoint())
+    model, card = load_checkpoint(checkpoint, device="cpu")
+    if card.untrained:
+        click.secho(
+            f"warning: the model {checkpoint} is UNTRAINED; its classes are not a result.",
+            fg="yellow",
+            err=True,
+        )
+    return checkpoint, model, card
+
+
 class LazyGroup(click.Group):
     """A group that imports each subcommand's module on first use."""
 

@@ -10,6 +10,7 @@ import click
 from napari_ssmamba.inference.jpeg_batches import DECODERS
 from napari_ssmamba.slide.properties import MAX_PLAUSIBLE_MPP, MIN_PLAUSIBLE_MPP
 
+
 class MppType(click.ParamType):
     """µm per pixel: one number (square pixels) or ``Y,X``, each a plausible slide MPP
     (``napari_ssmamba.slide.properties``)."""
@@ -129,22 +130,14 @@ def run_classify(
     """Load the model, run the pipeline with a progress bar; our errors become ClickExceptions."""
     from rich.progress import Progress
 
-    from napari_ssmamba.cli import errors_as_messages, warnings_shown_on
+    from napari_ssmamba.cli import errors_as_messages, load_model, warnings_shown_on
     from napari_ssmamba.export import prepared_output_dir
     from napari_ssmamba.inference import run_slide
-    from napari_ssmamba.model import default_checkpoint, load_checkpoint
 
     try:
         # the folder is removed again if the run fails before writing
         with errors_as_messages(), prepared_output_dir(out_dir):
-            checkpoint = checkpoint or default_checkpoint()
-            model, card = load_checkpoint(checkpoint, device="cpu")
-            if card.untrained:
-                click.secho(
-                    f"warning: the model {checkpoint} is UNTRAINED; its classes are not a result.",
-                    fg="yellow",
-                    err=True,
-                )
+            checkpoint, model, card = load_model(checkpoint)
             with Progress(transient=True) as bar, warnings_shown_on(bar.console):
                 task = bar.add_task("classifying", total=None)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from napari_ssmamba.cli import errors_as_messages
+from napari_ssmamba.cli import errors_as_messages, load_model
 from napari_ssmamba.cli.classify import MppType
 from napari_ssmamba.slide import SLIDE_SUFFIXES
 
@@ -166,15 +166,8 @@ def predict(
 def _check_checkpoint(checkpoint: Path | None) -> Path:
     """The checkpoint to use (default: the bundled one), loaded once here so that a bad one fails
     before any slide; a warning when it is untrained."""
-    from napari_ssmamba.model import default_checkpoint, load_checkpoint
-
     with errors_as_messages():
-        checkpoint = Path(checkpoint or default_checkpoint())
-        _, card = load_checkpoint(checkpoint, device="cpu")
-    if card.untrained:
-        click.secho(f"warning: the model {checkpoint} is UNTRAINED; its classes are not a result.",
-                    fg="yellow", err=True)
-    return checkpoint
+        return load_model(checkpoint)[0]
 
 
 def _run_with_progress(console, batch, tasks, settings, client):

@@ -185,11 +185,11 @@ def finetune(config_path, overrides, init, **options):
 )
 def evaluate(checkpoint, config_path, overrides, output, device):
     """Accuracy, balanced accuracy, macro F1, per-class AUROC and confusion matrix on labelled tiles."""
+    from rich.console import Console
+
     from napari_ssmamba.training.config import FinetuneConfig
     from napari_ssmamba.training.distributed import resolve_device
     from napari_ssmamba.training.evaluate import evaluate_from_config, format_metrics, write_metrics
-
-    from rich.console import Console
 
     config = _load(FinetuneConfig, config_path, overrides)
     _require_sources(config.data.val_sources or config.data.sources, config_path)
