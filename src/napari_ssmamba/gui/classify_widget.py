@@ -252,14 +252,13 @@ class ClassifyWidget(QWidget):
         warming = self._warming
 
         def job(progress, cancel):
-            from napari_ssmamba.errors import CancelledError
             from napari_ssmamba.inference import classify_slide
+            from napari_ssmamba.progress import raise_if_cancelled
 
             if warming is not None:  # it prepares what the run needs: wait rather than redo it
                 progress(0, 0, "Waiting for the model to be prepared")
                 while not warming.wait(0.1):
-                    if cancel.is_set():
-                        raise CancelledError("classification cancelled by the user")
+                    raise_if_cancelled(cancel, "classification")
             model, card = self._load_model(checkpoint)
             return classify_slide(
                 slide,

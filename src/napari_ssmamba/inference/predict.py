@@ -31,8 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from napari_ssmamba.errors import BackendUnavailableError, CancelledError
-from napari_ssmamba.progress import no_progress
+from napari_ssmamba.errors import BackendUnavailableError
+from napari_ssmamba.progress import no_progress, raise_if_cancelled
 
 logger = logging.getLogger(__name__)
 
@@ -589,8 +589,7 @@ def predict_tiles(
     try:
         classify = reader.set_up.result()
         for tiles in reader:
-            if cancel is not None and cancel.is_set():
-                raise CancelledError("classification cancelled by the user")
+            raise_if_cancelled(cancel, "classification")
             p, a, batch_size = run_batches(classify, tiles, batch_size)
             probs.append(p)
             if a is not None:
