@@ -14,10 +14,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from napari_ssmamba.model.blocks import AttentionBlock, ConvBlock, DMSBlock, Downsample, Stem
+from napari_ssmamba.model.checkpoint import IMAGENET_MEAN, IMAGENET_STD
 from napari_ssmamba.model.registry import register_model
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class SSMambaStage(nn.Module):
