@@ -41,6 +41,8 @@ FADE_BELOW = 0.25
 LABELS_LAYER = "classes"
 ATTENTION_LAYER = "LPR attention"
 UNTRAINED_TEXT = "UNTRAINED model: the classes shown are not a result."
+#: keys of the labels layer's metadata that carry a run's result and slide (the Export widget's)
+RESULT_KEY, RESULT_SLIDE_KEY = "classification_result", "classification_slide"
 #: what a newly drawn ROI starts with in the columns Run writes: no id (Run gives it one), no result
 _ROW_DEFAULTS = {"id": "", "predicted_class": "", "prediction": "", "confidence": float("nan")}
 
@@ -448,8 +450,8 @@ class ClassifyWidget(QWidget):
             **units,
         )
         # the Export widget finds results here
-        labels.metadata["classification_result"] = result
-        labels.metadata["classification_slide"] = slide_layer.metadata["slide"]
+        labels.metadata[RESULT_KEY] = result
+        labels.metadata[RESULT_SLIDE_KEY] = slide_layer.metadata["slide"]
         if result.attention is not None:
             a_scale, a_translate = result.attention_grid.layer_transform(base_scale)
             self._put_layer(

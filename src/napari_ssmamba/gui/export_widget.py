@@ -21,7 +21,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-RESULT_KEY = "classification_result"
+from napari_ssmamba.gui.classify_widget import RESULT_KEY, RESULT_SLIDE_KEY
+
 KINDS = {
     "geojson": "QuPath GeoJSON (ROIs and tiles)",
     "heatmap": "Heatmap pyramidal TIFF",
@@ -98,7 +99,7 @@ class ExportWidget(QWidget):
             return None
         layer = self.viewer.layers[name]
         result = layer.metadata[RESULT_KEY]
-        slide = layer.metadata.get("classification_slide")
+        slide = layer.metadata.get(RESULT_SLIDE_KEY)
 
         def job(progress, cancel):
             from napari_ssmamba.export import write_outputs
