@@ -457,6 +457,9 @@ def run_slide(
     from napari_ssmamba.slide.slide import normalize_mpp
 
     started = datetime.datetime.now(datetime.timezone.utc).isoformat()
+    slide_path = Path(slide_path).resolve()  # records name files wherever the command ran
+    if isinstance(rois, (str, Path)):
+        rois = Path(rois).resolve()
     with open_slide(slide_path) as slide:
         if slide.mpp is None and mpp is not None:
             slide.mpp = normalize_mpp(mpp)
@@ -474,7 +477,7 @@ def run_slide(
             decoder=decoder,
         )
         info = {
-            "slide": str(Path(slide_path)),
+            "slide": str(slide_path),
             "roi_file": str(rois) if isinstance(rois, (str, Path)) else None,
             "mpp_if_missing": list(mpp) if isinstance(mpp, (tuple, list)) else mpp,
             "started": started,
