@@ -103,7 +103,8 @@ class TileSet:
     :class:`FolderImage`.
     ``labels[i]`` indexes ``class_names`` (``UNLABELLED`` for pretraining tiles); ``groups[i]``
     is the unit of a split (a region or block); ``sources[i]`` the file it came from;
-    ``mpps[i]`` the µm/px it was sampled at (NaN when unknown).
+    ``mpps[i]`` the µm/px it was sampled at (NaN when unknown). ``class_colors`` holds the
+    colours the sources gave classes (QuPath annotations do), by name.
     """
 
     class_names: list[str]
@@ -114,6 +115,7 @@ class TileSet:
     mpps: np.ndarray
     tile_size: int
     info: dict = field(default_factory=dict)
+    class_colors: dict[str, tuple[int, int, int]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -180,8 +182,12 @@ class TileSet:
         sizes = {s.tile_size for s in sets}
         if len(sizes) > 1:
             raise ValueError(f"cannot join tile sets of different tile sizes {sorted(sizes)}")
+        colors = {}
+        for s in reversed(sets):  # the first source to colour a class gives its colour
+            colors |= s.class_colors
         return cls(
             class_names=list(class_names),
+            class_colors=colors,
             items=[item for s in sets for item in s.items],
             labels=np.concatenate([s.labels for s in sets]).astype(np.int64),
             groups=np.concatenate([s.groups for s in sets]).astype(str),
@@ -513,6 +519,7 @@ def tiles_from_slide(
         class_names=names,
         **kwargs,
     )
+    tiles.class_colors = {a.class_name: tuple(a.color) for a in polygons if a.color is not None}
     counts = tiles.class_counts()
     empty = [name for name in dict.fromkeys(r[1] for r in regions) if not counts[name]]
     if empty:

@@ -267,7 +267,8 @@ def finetune(
             val_set, class_names, batch_size=per_rank_batch, device=env.device, amp=amp
         )
         monitor, mode = config.monitor, "min" if config.monitor.endswith("loss") else "max"
-    colors = class_colors(class_names, config.class_colors)
+    # the config's colours, else those of the annotations, else the tab10 cycle
+    colors = class_colors(class_names, {**train_tiles.class_colors, **(config.class_colors or {})})
     summary = {
         "method": "sft",
         "init": config.init,

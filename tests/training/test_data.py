@@ -68,6 +68,22 @@ def test_missing_folder_names_the_path(tmp_path):
         tiles_from_folder(tmp_path / "nope", tile_size=32)
 
 
+def test_the_annotations_colours_reach_the_model_card(cmu, tmp_path):
+    from napari_ssmamba.model import load_checkpoint
+    from napari_ssmamba.training.config import FinetuneConfig
+    from napari_ssmamba.training.finetune import finetune
+
+    tumour = Annotation(box(700, 1000, 1300, 1600), class_name="Tumor", color=(200, 0, 0))
+    glass = Annotation(box(1700, 100, 2200, 600), class_name="glass")  # no colour of its own
+    tiles = tiles_from_slide(cmu, [tumour, glass], tile_size=32, mpps=[2.0])
+    tiles = TileSet.concatenate([tiles])
+    config = FinetuneConfig(arch="ssmamba_test", out=str(tmp_path), epochs=1, batch_size=4,
+                            device="cpu", class_colors={"glass": [220, 220, 220]})
+    _, card = load_checkpoint(finetune(config, tiles)["checkpoint"])
+    colours = dict(zip(card.class_names, card.class_colors))
+    assert colours == {"Tumor": (200, 0, 0), "glass": (220, 220, 220)}  # the config's first
+
+
 def test_slide_regions_at_two_mpps(cmu):
     tissue = Annotation(box(700, 1000, 1300, 1600), class_name="tissue")
     glass = Annotation(box(1700, 100, 2200, 600), class_name="glass")
