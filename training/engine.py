@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +89,12 @@ def _changed_settings(saved: dict | None, settings: dict) -> str:
     )
 
 
+def _has_batchnorm(model) -> bool:
+    import torch
+
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
 def fit(
     model,
     loss_step: Callable,
@@ -163,6 +170,13 @@ def fit(
             from napari_ssmamba.model import convert_sync_batchnorm
 
             model = convert_sync_batchnorm(model)
+        elif not freeze_bn and env.is_main and _has_batchnorm(model):
+            warnings.warn(
+                f"{what}: BatchNorm statistics are per process here (SyncBatchNorm needs CUDA), "
+                f"so {env.world_size} processes do not train as one with the same global batch; "
+                "set freeze_bn=true for that",
+                stacklevel=2,
+            )
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
