@@ -26,7 +26,7 @@ shapes = viewer.add_shapes(
      np.array([[2650, 1400], [250, 300]], float),
      np.array([[1450, 60], [1450, 420], [1800, 420], [1800, 60]], float)],
     shape_type=["rectangle", "polygon", "ellipse", "rectangle"], name="ROIs", scale=mpp,
-    face_color="transparent", edge_width=12)
+    face_color="transparent", edge_width=12, units=("um", "um"))
 widget = ClassifyWidget(viewer)
 viewer.window.add_dock_widget(widget, name="Classify ROIs", area="right")
 widget.roi_combo.setCurrentText("ROIs")
