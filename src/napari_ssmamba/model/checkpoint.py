@@ -16,10 +16,9 @@ from pathlib import Path
 from napari_ssmamba._atomic import atomic_open, atomic_path
 from napari_ssmamba._provenance import file_sha256
 from napari_ssmamba.errors import CheckpointError
+from napari_ssmamba.model.constants import IMAGENET_MEAN, IMAGENET_STD
 
 FORMAT_VERSION = 1
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 DEFAULT_CHECKPOINT_DIR = Path(__file__).parent / "weights" / "default"
 

@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from napari_ssmamba.model.blocks import AttentionBlock, ConvBlock, DMSBlock, Downsample, Stem
-from napari_ssmamba.model.checkpoint import IMAGENET_MEAN, IMAGENET_STD
+from napari_ssmamba.model.constants import IMAGENET_MEAN, IMAGENET_STD
 from napari_ssmamba.model.registry import register_model
 
 
