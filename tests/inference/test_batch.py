@@ -200,6 +200,12 @@ def test_outputs_made_otherwise_are_named(tmp_path, checkpoint):
     assert batch.made_otherwise(record, batch.SlideTask(task.slide_path, "a"), settings) == (
         "another ROI file"
     )
+    # a slide without a pixel size of its own took the last run's --mpp
+    record["slide"] = {"mpp_yx": [2.0, 2.0]}
+    record["run_info"]["mpp_if_missing"] = [2.0, 2.0]
+    again = batch.PredictSettings(**{**vars(settings), "mpp": (2.0, 2.0)})
+    assert batch.made_otherwise(record, task, again) == ""
+    assert batch.made_otherwise(record, task, settings) == "another --mpp"
     record["model"]["card_sha256"] = "0" * 64
     assert batch.made_otherwise(record, task, settings) == "another model"
 

@@ -148,6 +148,17 @@ def test_run_slide_keeps_the_pixel_size_a_slide_records(tmp_path, data_dir, smal
     assert [roi["name"] for roi in record["summary"]["rois"]] == ["ROI 1"]  # as in the figure
 
 
+def test_a_linked_slide_keeps_its_name(tmp_path, data_dir, small_model):
+    # data managers (git-annex, DVC) link slides to files named by their hash
+    model, card = small_model
+    link = tmp_path / "case-7.svs"
+    link.symlink_to(data_dir / "slides" / "CMU-1-Small-Region.svs")
+    rois = [shapely.box(700, 800, 1000, 1100)]
+    record = run_slide(link, model, card, tmp_path / "out", rois=rois, device="cpu")
+    assert record["run_info"]["slide"] == str(link)
+    assert (tmp_path / "out" / "case-7.run.json").is_file()
+
+
 def test_the_record_and_the_cli_give_the_widgets_verdicts(tmp_path, data_dir, small_model, capsys):
     from napari_ssmamba.cli.classify import print_record
 

@@ -34,8 +34,8 @@ from typing import Any
 
 from napari_ssmamba._atomic import atomic_open
 from napari_ssmamba._provenance import package_versions
-from napari_ssmamba.export.paths import slide_stem
 from napari_ssmamba.errors import CancelledError, SSMambaError
+from napari_ssmamba.export.paths import slide_stem
 from napari_ssmamba.progress import ProgressCallback, raise_if_cancelled
 from napari_ssmamba.slide import SLIDE_SUFFIXES
 
@@ -343,17 +343,27 @@ def _run_record(task: SlideTask, out_dir: Path) -> dict:
 
 
 def made_otherwise(record: dict, task: SlideTask, settings: PredictSettings) -> str:
-    """Why a slide's complete outputs are not what this run would write (another model, stride
-    or ROI file), or "" when they are."""
+    """Why a slide's complete outputs are not what this run would write (another model, stride,
+    ROI file, or ``--mpp`` for a slide without a pixel size), or "" when they are."""
     parameters, run_info = record.get("parameters", {}), record.get("run_info", {})
     if record.get("model", {}).get("card_sha256") != settings.model_card_sha256:
         return "another model"
     if parameters.get("stride_model_px") != (settings.stride or parameters.get("tile_size")):
         return "another stride"
     roi_file = run_info.get("roi_file")
-    if (roi_file and Path(roi_file).resolve()) != (task.roi_path and task.roi_path.resolve()):
+    if (roi_file and Path(roi_file).absolute()) != (task.roi_path and task.roi_path.absolute()):
         return "another ROI file"
+    given = run_info.get("mpp_if_missing")
+    given = list(given) if isinstance(given, (list, tuple)) else [given, given]
+    if given == record.get("slide", {}).get("mpp_yx") and given != _as_pair(settings.mpp):
+        return "another --mpp"  # the slide has no pixel size of its own: the last --mpp gave it
     return ""
+
+
+def _as_pair(mpp) -> list | None:
+    if mpp is None:
+        return None
+    return [float(v) for v in (mpp if isinstance(mpp, (list, tuple)) else (mpp, mpp))]
 
 
 def predict_slides(

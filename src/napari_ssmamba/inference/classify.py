@@ -457,9 +457,10 @@ def run_slide(
     from napari_ssmamba.slide.slide import normalize_mpp
 
     started = datetime.datetime.now(datetime.timezone.utc).isoformat()
-    slide_path = Path(slide_path).resolve()  # records name files wherever the command ran
+    # records name files wherever the command ran; a link keeps its name (outputs are named after it)
+    slide_path = Path(slide_path).absolute()
     if isinstance(rois, (str, Path)):
-        rois = Path(rois).resolve()
+        rois = Path(rois).absolute()
     with open_slide(slide_path) as slide:
         if slide.mpp is None and mpp is not None:
             slide.mpp = normalize_mpp(mpp)
