@@ -132,3 +132,16 @@ def test_annotations_keep_to_the_slide_when_a_heatmap_lies_on_top(
     [original], [written] = read_geojson(source), read_geojson(out)
     expected = shapely.affinity.affine_transform(original.geometry, [224, 0, 0, 224, 112, 112])
     assert written.geometry.equals_exact(expected, 1e-6)
+
+
+def test_a_layer_on_one_of_two_slides_is_written_in_its_pixels(make_napari_viewer, slides_dir, tmp_path):
+    viewer = make_napari_viewer()
+    [cmu] = viewer.open(slides_dir / "CMU-1-Small-Region.svs", plugin="napari-ssmamba")
+    viewer.open(slides_dir / "OS-1-detail.ome.tif", plugin="napari-ssmamba")  # on top, other MPP
+    rois = viewer.add_shapes(
+        [np.array([[100, 100], [300, 400]], float)], scale=cmu.scale, translate=cmu.translate
+    )
+    viewer.layers.selection = {rois}
+    viewer.layers.save(str(tmp_path / "rois.geojson"), selected=True, plugin="napari-ssmamba")
+    [written] = read_geojson(tmp_path / "rois.geojson")
+    assert written.geometry.bounds == (100, 100, 400, 300)
