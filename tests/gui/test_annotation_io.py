@@ -134,7 +134,9 @@ def test_annotations_keep_to_the_slide_when_a_heatmap_lies_on_top(
     assert written.geometry.equals_exact(expected, 1e-6)
 
 
-def test_a_layer_on_one_of_two_slides_is_written_in_its_pixels(make_napari_viewer, slides_dir, tmp_path):
+def test_a_layer_on_one_of_two_slides_is_written_in_its_pixels(
+    make_napari_viewer, slides_dir, tmp_path
+):
     viewer = make_napari_viewer()
     [cmu] = viewer.open(slides_dir / "CMU-1-Small-Region.svs", plugin="napari-ssmamba")
     viewer.open(slides_dir / "OS-1-detail.ome.tif", plugin="napari-ssmamba")  # on top, other MPP

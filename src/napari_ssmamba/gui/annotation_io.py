@@ -120,4 +120,6 @@ def _slide_frames() -> set[tuple]:
     viewer = napari.current_viewer()
     if viewer is None:
         return set()
-    return {_frame(layer.scale, layer.translate) for layer in viewer.layers if is_slide_layer(layer)}
+    return {
+        _frame(layer.scale, layer.translate) for layer in viewer.layers if is_slide_layer(layer)
+    }
