@@ -179,3 +179,25 @@ def test_rois_without_a_prediction_keep_their_class_and_get_no_zeros(
         {"n_tiles": 0, "n_background_tiles": 0},
     ]
     assert result.rois[0].n_background_tiles > 0
+
+
+def test_an_roi_read_back_from_a_result_carries_none_of_it(
+    small_model, sample_slide_path, written, tmp_path
+):
+    # the QuPath round trip: our GeoJSON back in, the square moved off the slide, run again
+    import shapely.affinity
+
+    from napari_ssmamba.annotations import read_geojson
+    from napari_ssmamba.export.geojson import result_annotations
+    from napari_ssmamba.inference import classify_slide
+    from napari_ssmamba.slide import open_slide
+
+    square = next(a for a in read_geojson(written[1]["geojson"]) if a.name == "square")
+    assert square.measurements["confidence"] > 0 and square.class_name != "Necrosis"
+    square.geometry = shapely.affinity.translate(square.geometry, yoff=5000)
+    with open_slide(sample_slide_path) as slide, pytest.warns(UserWarning, match="outside"):
+        result = classify_slide(slide, *small_model, rois=[square], device="cpu")
+    [exported] = result_annotations(result, tiles=False)
+    assert exported.class_name == "Necrosis"  # the pathologist's, not the last prediction
+    assert exported.measurements == {"Area µm^2": 159201.0, "n_tiles": 0, "n_background_tiles": 0}
+    assert exported.extra_properties["metadata"] == {"input_class": "Necrosis"}

@@ -4,8 +4,9 @@ ROI measurements: ``prob_<class>`` (the ROI's tissue-weighted mean probability),
 ``n_tiles`` and ``n_background_tiles``, beside the ROI's own; an ROI without tissue (or outside
 the slide) has no probabilities and no confidence rather than zeros. An ROI that had a class keeps
 it in QuPath's object metadata as ``input_class``, since its classification becomes the predicted
-class; an ROI without a prediction keeps its class and colour as they were. ROIs keep their own
-names (the whole tissue is "Tissue").
+class; an ROI without a prediction keeps its class and colour as they were. An ROI read back from
+an earlier result loses that result's measurements and keeps its ``input_class`` as its own class.
+ROIs keep their own names (the whole tissue is "Tissue").
 Tile measurements: ``prob_<class>`` and ``tissue_fraction``.
 
 Objects made here (tiles, the whole tissue, drawn ROIs without an id) get ids derived from the
@@ -21,19 +22,52 @@ from pathlib import Path
 import numpy as np
 
 
+#: the measurements a result writes on an ROI (with ``prob_<class>``)
+RESULT_MEASUREMENTS = ("confidence", "n_tiles", "n_background_tiles")
+
+
+def _own_class(source) -> str | None:
+    """The class the pathologist gave an ROI. An ROI read back from one of our results carries a
+    prediction as its classification and its own class as ``input_class``."""
+    metadata = source.extra_properties.get("metadata")
+    metadata = metadata if isinstance(metadata, dict) else {}
+    if "input_class" in metadata or "confidence" in source.measurements:
+        return metadata.get("input_class")
+    return source.class_name
+
+
+def _own_measurements(source) -> dict:
+    """The ROI's measurements without those of an earlier result."""
+    return {
+        key: value
+        for key, value in source.measurements.items()
+        if not key.startswith("prob_") and key not in RESULT_MEASUREMENTS
+    }
+
+
 def _properties_kept(source) -> dict:
     """The ROI's own extra properties, with its class (if any) in QuPath's object metadata."""
     properties = dict(source.extra_properties)
-    if source.class_name:
-        metadata = properties.get("metadata")
-        metadata = dict(metadata) if isinstance(metadata, dict) else {}
-        properties["metadata"] = metadata | {"input_class": source.class_name}
+    metadata = properties.get("metadata")
+    metadata = (
+        {k: v for k, v in metadata.items() if k != "input_class"}
+        if isinstance(metadata, dict)
+        else {}
+    )
+    own = _own_class(source)
+    if own:
+        metadata["input_class"] = own
+    if metadata:
+        properties["metadata"] = metadata
+    else:
+        properties.pop("metadata", None)
     return properties
 
 
 def result_annotations(result, tiles: bool = True) -> list:
     """The ROIs (and tiles) of ``result`` as :class:`~napari_ssmamba.annotations.Annotation` s."""
     from napari_ssmamba.annotations import Annotation
+    from napari_ssmamba.annotations.colors import default_class_color
     from napari_ssmamba.inference.tiling import boxes_to_polygons
 
     names, colors = result.class_names, result.class_colors
@@ -51,8 +85,10 @@ def result_annotations(result, tiles: bool = True) -> list:
         source = roi.annotation if hasattr(roi.annotation, "geometry") else None
         if roi.class_index is not None:
             fields = {"class_name": roi.class_name, "color": colors[roi.class_index]}
-        elif source is not None:  # nothing to predict from: the ROI keeps its own class
-            fields = {"class_name": source.class_name, "color": source.color}
+        elif source is not None and _own_class(source):  # nothing to predict from: its own class
+            own = _own_class(source)
+            color = source.color if own == source.class_name else default_class_color(own)
+            fields = {"class_name": own, "color": color}
         else:
             fields = {}
         if source is None:
@@ -65,7 +101,7 @@ def result_annotations(result, tiles: bool = True) -> list:
                 "locked": source.locked,
                 "extra_properties": _properties_kept(source),
             }
-            measurements = source.measurements | measurements
+            measurements = _own_measurements(source) | measurements
         out.append(
             Annotation(
                 geometry=roi.geometry,
