@@ -141,7 +141,11 @@ class RetrainWidget(QWidget):
                     and a.geometry.geom_type in ("Polygon", "MultiPolygon")
                 ):
                     continue
-                a.geometry = a.geometry.intersection(slide_box)
+                # only the polygons: a cut along the slide's edge can leave lines and points too
+                parts = shapely.get_parts(a.geometry.intersection(slide_box))
+                a.geometry = shapely.union_all(
+                    [part for part in parts if part.geom_type in ("Polygon", "MultiPolygon")]
+                )
                 if a.geometry.area > 0:
                     annotations.append(a)
                 else:
