@@ -476,7 +476,11 @@ def tiles_from_slide(
 
     if isinstance(slide, (str, Path)):
         slide = open_slide(slide)
-    source_mpp = float(np.mean(slide.require_mpp("training tiles cannot be cut at their MPP")))
+    source_mpp = float(np.mean(slide.require_mpp(
+        "training tiles cannot be cut at their MPP",
+        "an mpp key on its data source in the config (mpp: 0.5), Plugins > SSMamba WSI > Settings "
+        "> Set MPP in napari before Retrain, or open_slide(path, mpp=(y, x)) in Python",
+    )))
     source = Path(slide.path).name
     if annotations is None:
         kwargs.setdefault("min_tissue", 0.3)

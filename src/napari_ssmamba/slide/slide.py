@@ -157,6 +157,13 @@ def normalize_mpp(mpp: float | tuple[float, float] | None) -> tuple[float, float
     return (mpp_y, mpp_x)
 
 
+#: the ways to give a slide its pixel size, for messages
+GIVE_MPP = (
+    "Plugins > SSMamba WSI > Settings > Set MPP in napari, --mpp on the command line, or "
+    "open_slide(path, mpp=(y, x)) in Python"
+)
+
+
 class Slide(abc.ABC):
     """A whole-slide image: a pyramid of (y, x, c) levels, level 0 at full resolution.
 
@@ -237,13 +244,13 @@ class Slide(abc.ABC):
         """(height, width) of the file's tiles (or strips) at level 0."""
         return self._readers[0].tile_hw
 
-    def require_mpp(self, needed_for: str) -> tuple[float, float]:
-        """The (y, x) µm/px; without one, a SlideError naming the three ways to give it."""
+    def require_mpp(self, needed_for: str, ways: str = GIVE_MPP) -> tuple[float, float]:
+        """The (y, x) µm/px; without one, a SlideError saying what it is ``needed_for`` and the
+        ``ways`` to give it."""
         if self.mpp is None:
             raise SlideError(
                 f"{self.path}: the slide has no microns-per-pixel (MPP) in its metadata, so "
-                f"{needed_for}. Give it one: Plugins > SSMamba WSI > Settings > Set MPP in napari, "
-                "--mpp on the command line, or open_slide(path, mpp=(y, x)) in Python."
+                f"{needed_for}. Give it one: {ways}."
             )
         return tuple(float(v) for v in self.mpp)
 
