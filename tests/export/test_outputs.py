@@ -201,3 +201,18 @@ def test_an_roi_read_back_from_a_result_carries_none_of_it(
     assert exported.class_name == "Necrosis"  # the pathologist's, not the last prediction
     assert exported.measurements == {"Area µm^2": 159201.0, "n_tiles": 0, "n_background_tiles": 0}
     assert exported.extra_properties["metadata"] == {"input_class": "Necrosis"}
+
+
+def test_the_heatmap_of_a_coarse_slide_keeps_a_pixel_size_readers_accept(
+    small_model, sample_slide_path, tmp_path
+):
+    from napari_ssmamba.export import write_heatmap_tiff
+    from napari_ssmamba.inference import classify_slide
+    from napari_ssmamba.slide import open_slide
+
+    with open_slide(sample_slide_path, mpp=4.0) as slide:  # a 4 µm/px scan
+        result = classify_slide(slide, *small_model, device="cpu", attention=False)
+    path = write_heatmap_tiff(result, tmp_path / "coarse.heatmap.tif")
+    with open_slide(path) as heatmap:  # 16 level-0 px would be 64 µm/px, beyond what we trust
+        assert heatmap.mpp is not None and max(heatmap.mpp) <= 8.0
+        assert heatmap.properties["tiff.ImageDescription"].startswith("napari-ssmamba heatmap")

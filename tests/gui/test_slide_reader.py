@@ -92,13 +92,15 @@ def test_channel_layers_slice_one_channel(slides_dir):
 
 
 def test_our_heatmap_tiff_lies_over_the_slide_and_is_no_slide(make_napari_viewer, tmp_path):
-    from napari_ssmamba.export.tiff import write_pyramidal_tiff
+    from napari_ssmamba.export.tiff import HEATMAP_DESCRIPTION, write_pyramidal_tiff
     from napari_ssmamba.gui.slide_reader import is_slide_layer
 
     rgb = np.full((300, 400, 3), 255, np.uint8)
     rgb[100:200, 100:200] = (214, 39, 40)
-    heatmap = write_pyramidal_tiff(tmp_path / "a.heatmap.tif", rgb, (8.0, 8.0))
-    plain = write_pyramidal_tiff(tmp_path / "plain.tif", rgb, (8.0, 8.0), description="")
+    heatmap = write_pyramidal_tiff(
+        tmp_path / "a.heatmap.tif", rgb, (8.0, 8.0), description=HEATMAP_DESCRIPTION
+    )
+    plain = write_pyramidal_tiff(tmp_path / "plain.tif", rgb, (8.0, 8.0))
     viewer = make_napari_viewer()
     [over, image] = [viewer.open(p, plugin="napari-ssmamba")[0] for p in (heatmap, plain)]
     # white multiplied with the slide leaves the tissue as it is; the class colour tints it

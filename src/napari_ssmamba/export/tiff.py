@@ -7,6 +7,7 @@ of the TIFF is level-0 pixel ``(0, 0)`` of the slide, so the heatmap registers b
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from napari_ssmamba._atomic import atomic_path
 TILE = 256
 #: the heatmap TIFF's pixels are at most this many level-0 px on a side
 MAX_TIFF_PIXEL_L0 = 16
+#: ... and at most this many µm, an MPP slide readers keep (ours drops those above 50 µm/px)
+MAX_TIFF_PIXEL_UM = 8.0
 #: the start of the ImageDescription of the heatmaps we write, by which our reader knows them
 HEATMAP_DESCRIPTION = "napari-ssmamba heatmap"
 
@@ -52,7 +55,7 @@ def write_pyramidal_tiff(
     mpp_yx: tuple[float, float] | None,
     tile: int = TILE,
     compression: str = "zlib",
-    description: str = HEATMAP_DESCRIPTION,
+    description: str | None = None,
 ) -> Path:
     """Write an (h, w, 3) uint8 image as a tiled pyramidal TIFF with ``mpp_yx`` µm/px, atomically.
 
@@ -97,15 +100,17 @@ def write_pyramidal_tiff(
 def write_heatmap_tiff(result, path: str | os.PathLike) -> Path:
     """The class heatmap of ``result`` as a pyramidal RGB TIFF covering the slide from level-0 (0, 0).
 
-    Each heatmap cell is drawn as a block of pixels at most ``MAX_TIFF_PIXEL_L0`` level-0 px wide;
-    the TIFF's MPP is the slide's MPP times that pixel size. Cells without tiles are white.
+    Each heatmap cell is drawn as a block of pixels at most ``MAX_TIFF_PIXEL_L0`` level-0 px and
+    ``MAX_TIFF_PIXEL_UM`` µm wide; the TIFF's MPP is the slide's MPP times that pixel size. Cells
+    without tiles are white.
     """
     rgba, cell = render_heatmap_rgba(result)
-    repeat = max(round(cell / MAX_TIFF_PIXEL_L0), 1)
+    cell_um = cell * max(result.mpp_yx)
+    repeat = max(round(cell / MAX_TIFF_PIXEL_L0), math.ceil(cell_um / MAX_TIFF_PIXEL_UM), 1)
     pixel_l0 = cell / repeat
     rgb = np.where(rgba[..., 3:4] > 0, rgba[..., :3], 255).astype(np.uint8)
     rgb = np.repeat(np.repeat(rgb, repeat, axis=0), repeat, axis=1)
     width, height = result.slide_dimensions_wh
     rgb = rgb[: int(np.ceil(height / pixel_l0)), : int(np.ceil(width / pixel_l0))]
     mpp = tuple(m * pixel_l0 for m in result.mpp_yx)
-    return write_pyramidal_tiff(path, rgb, mpp)
+    return write_pyramidal_tiff(path, rgb, mpp, description=HEATMAP_DESCRIPTION)

@@ -7,9 +7,6 @@ from pathlib import Path
 
 import numpy as np
 
-#: the written TIFF's pixels are at most this many µm on a side
-MAX_PIXEL_UM = 8.0
-
 
 def layer_rgb(data, meta: dict) -> np.ndarray:
     """The layer's level 0 as (h, w, 3) uint8: RGB as is, otherwise through its colormap and
@@ -41,17 +38,22 @@ def write_heatmap(path: str, data, meta: dict) -> list[str]:
 
     The layer's ``translate`` is turned into a white margin of whole pixels. With units in µm, its
     ``scale`` gives the TIFF's MPP, each layer pixel drawn as a block of pixels at most
-    ``MAX_PIXEL_UM`` wide: a heatmap cell of 112 µm would be an MPP that slide readers take for
-    a wrong one and drop (ours does above 50 µm/px).
+    ``MAX_TIFF_PIXEL_UM`` wide: a heatmap cell of 112 µm would be an MPP that slide readers take
+    for a wrong one and drop (ours does above 50 µm/px). A single-channel layer, drawn through its
+    colormap, is marked as a heatmap, which our reader lays over the slide.
     """
-    from napari_ssmamba.export.tiff import write_pyramidal_tiff
+    from napari_ssmamba.export.tiff import (
+        HEATMAP_DESCRIPTION,
+        MAX_TIFF_PIXEL_UM,
+        write_pyramidal_tiff,
+    )
 
     rgb = layer_rgb(data, meta)
     scale = np.asarray(meta.get("scale", (1.0, 1.0)), dtype=float)[-2:]
     translate = np.asarray(meta.get("translate", (0.0, 0.0)), dtype=float)[-2:]
     units = [str(u) for u in (meta.get("units") or ())]
     in_microns = bool(units) and all(u in ("micrometer", "µm", "um", "micron") for u in units[-2:])
-    repeat = max(math.ceil(scale.max() / MAX_PIXEL_UM), 1) if in_microns else 1
+    repeat = max(math.ceil(scale.max() / MAX_TIFF_PIXEL_UM), 1) if in_microns else 1
     pixel = scale / repeat
     # napari centres a layer's pixel (0, 0) on its translate: its top-left corner is half a pixel
     # before it
@@ -59,5 +61,11 @@ def write_heatmap(path: str, data, meta: dict) -> list[str]:
     rgb = np.repeat(np.repeat(rgb, repeat, axis=0), repeat, axis=1)
     if pad_y or pad_x:
         rgb = np.pad(rgb, ((pad_y, 0), (pad_x, 0), (0, 0)), constant_values=255)
-    path = write_pyramidal_tiff(Path(path), rgb, tuple(pixel) if in_microns else None)
+    heatmap = not (meta.get("rgb") or np.ndim(data[0] if meta.get("multiscale") else data) == 3)
+    path = write_pyramidal_tiff(
+        Path(path),
+        rgb,
+        tuple(pixel) if in_microns else None,
+        description=HEATMAP_DESCRIPTION if heatmap else None,
+    )
     return [str(path)]
