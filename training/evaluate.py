@@ -171,10 +171,11 @@ def evaluate_from_config(checkpoint, data, *, seed: int = 0, batch_size: int = 6
     from .data import tiles_from_sources
 
     model, card = load_checkpoint(checkpoint, device=device)
-    if (data.tile_size, [float(m) for m in data.mpps]) != (card.tile_size, [card.mpp]):
+    if data.tile_size != card.tile_size or card.mpp not in [float(m) for m in data.mpps]:
         warnings.warn(
             f"evaluating at the model's {card.tile_size} px and {card.mpp:g} µm/px (its card), "
-            f"not the config's {data.tile_size} px at {', '.join(f'{m:g}' for m in data.mpps)} µm/px",
+            f"not at the data settings' {data.tile_size} px and "
+            f"{', '.join(f'{m:g}' for m in data.mpps)} µm/px",
             stacklevel=2,
         )
     sources = data.val_sources or data.sources

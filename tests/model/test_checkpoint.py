@@ -91,7 +91,7 @@ def test_a_backbone_is_no_classifier_and_a_folder_means_its_model(saved, tmp_pat
     folder = saved[1].parent
     backbone = create_model("ssmamba_test", num_classes=0)
     save_checkpoint(backbone, _card(class_names=[], class_colors=[]), folder / "backbone.safetensors")
-    model, card = load_checkpoint(folder)  # model.safetensors, not the backbone sorted first
+    _, card = load_checkpoint(folder)  # model.safetensors, not the backbone sorted first
     assert card.class_names == ["tumour", "stroma"]
     saved[1].unlink()
     with pytest.raises(CheckpointError, match="fine-tune it first"):

@@ -34,14 +34,6 @@ def test_mask_patch_must_fit_the_token_stride():
         build_masked_image_model("ssmamba_test", mask_patch_size=6)
 
 
-def test_a_config_setting_the_removed_decoder_dim_is_refused():
-    from napari_ssmamba.training.config import load_config
-
-    # the decoder has no width to set: the key is refused like any unknown one, not ignored
-    with pytest.raises(ValueError, match=r"unknown PretrainConfig keys \['decoder_dim'\]"):
-        load_config(PretrainConfig, overrides=["decoder_dim=256"])
-
-
 def test_short_mamim_run_reduces_loss_and_seeds_finetuning(small_task, tmp_path, torch_threads):
     train, _ = small_task
     config = PretrainConfig(arch="ssmamba_test", out=str(tmp_path), epochs=4, batch_size=16, lr=3e-3,

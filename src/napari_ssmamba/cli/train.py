@@ -15,7 +15,7 @@ import click
 from napari_ssmamba.cli import errors_as_messages, warnings_shown_on
 
 _config_option = click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                              help="YAML run configuration (docs/training.md shows one; training/recipes/default.yaml is the bundled model's).")
+                              help="YAML run configuration (docs/training.md shows one).")
 _set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                            help="Override a config key (dotted keys nest: data.tile_size=64). Repeatable.")
 

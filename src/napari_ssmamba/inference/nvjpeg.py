@@ -143,7 +143,8 @@ def _check(status: int, call: str) -> None:
     if status != 0:
         raise NvJpegError(
             f"nvJPEG's {call} failed: {_STATUS.get(status, 'status')} ({status}); decode the "
-            "tiles on the CPU instead (--decoder cpu, or classify_slide(..., decoder='cpu'))"
+            "tiles on the CPU instead: ssmamba classify --decoder cpu, or classify_slide(..., "
+            "decoder='cpu')"
         )
 
 
