@@ -187,6 +187,19 @@ def test_predict_slides_runs_resumes_and_reports_failures(slides_dir, checkpoint
     assert rows[0]["reason"] == "replaces outputs made with another stride"
 
 
+def test_a_slide_whose_rois_lie_outside_it_says_so(tmp_path):
+    task = batch.SlideTask(tmp_path / "a.svs", "a", tmp_path / "a.geojson")
+    rois = [{"verdict": "outside the slide"}, {"verdict": "outside the slide"}]
+    record = {"summary": {"tiles": 0, "background_tiles": 0, "rois": rois}}
+    outcome = batch.outcome_from_record(task, "ok", record)
+    assert outcome.status == "failed"
+    assert outcome.reason == "the ROIs of a.geojson lie outside the slide"
+    rois[0]["verdict"] = "no tissue"
+    assert batch.outcome_from_record(task, "ok", record).reason == (
+        "no tissue found in the ROIs of a.geojson (1 of 2 lie outside the slide)"
+    )
+
+
 def test_outputs_made_otherwise_are_named(tmp_path, checkpoint):
     settings = settings_for(checkpoint, tmp_path)
     roi = tmp_path / "a.geojson"

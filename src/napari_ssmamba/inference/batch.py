@@ -324,6 +324,12 @@ def outcome_from_record(task: SlideTask, status: str, record: dict, seconds: flo
         status = "failed"
         reason = "no tissue found" + (f" in the ROIs of {task.roi_path.name}" if task.roi_path
                                       else "")
+        verdicts = [roi.get("verdict") for roi in record.get("summary", {}).get("rois", [])]
+        outside = verdicts.count("outside the slide")
+        if task.roi_path and outside == len(verdicts):
+            reason = f"the ROIs of {task.roi_path.name} lie outside the slide"
+        elif outside:
+            reason += f" ({outside} of {len(verdicts)} lie outside the slide)"
     return SlideOutcome(
         str(task.slide_path), task.stem, status, reason=reason, tiles=tiles,
         top_class=top_classes(record),
