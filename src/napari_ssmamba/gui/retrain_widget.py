@@ -326,9 +326,16 @@ class RetrainWidget(QWidget):
         from napari_ssmamba.training.registry import user_models_dir
 
         layer = self._slide_layer()
-        annotations = self._regions(layer)[0] if layer is not None else []
-        if layer is None or len({a.class_name for a in annotations}) < 2:
-            self.status_label.setText("Open a slide and draw regions of at least two classes.")
+        if layer is None or layer.metadata["slide"].mpp is None:
+            self._show_counts()  # says what is missing: a slide, or its pixel size
+            self.status_label.setText("Nothing to train on yet: see above.")
+            return None
+        annotations = self._regions(layer)[0]
+        if len({a.class_name for a in annotations}) < 2:
+            self.status_label.setText(
+                "Draw regions of at least two classes on the slide (regions outside it and QuPath "
+                "tiles or detections do not count)."
+            )
             return None
         colors = {}
         for shapes in self._shapes_layers():
@@ -379,7 +386,8 @@ class RetrainWidget(QWidget):
         )
         if self._out_dir.exists():
             stopped += (
-                f" What it wrote so far is in {self._out_dir}; delete it if you don't need it."
+                f" What it wrote so far is in {_breakable(self._out_dir)}; delete it if you don't "
+                "need it."
             )
         self.status_label.setText(stopped)
 
@@ -393,8 +401,8 @@ class RetrainWidget(QWidget):
             else f"train loss {history[-1]['train_loss']:.4f}"
         )
         self.status_label.setText(
-            f"Saved {result['checkpoint']} ({summary}). It is now the model of the Classify "
-            "widget, and the default model of new sessions (Settings changes that)."
+            f"Saved {_breakable(result['checkpoint'])} ({summary}). It is now the model of the "
+            "Classify widget, and the default model of new sessions (Settings changes that)."
         )
         self._point_classify_widgets(result["checkpoint"])
 
@@ -409,3 +417,9 @@ class RetrainWidget(QWidget):
             classify.use_model(checkpoint)
         for settings in docked_widgets(self.viewer, SettingsWidget):
             settings.show_default_model(checkpoint)
+
+
+def _breakable(path) -> str:
+    """A path a word-wrapping label may break after each separator (a long one would widen the
+    dock and squeeze the form)."""
+    return str(path).replace("/", "/\u200b")
