@@ -23,7 +23,7 @@ def test_choose_level_takes_closest_level_at_or_below_target(slide_mpp, target, 
 
 def test_tile_geometry_sizes_in_level0_and_read_level():
     g = tile_geometry((0.25, 0.25), [1.0, 2.0, 4.0], tile_size=224, model_mpp=0.5, stride=112)
-    assert (g.tile_l0, g.stride_l0, g.level, g.read_size, g.overlap_l0) == (448, 224, 1, 224, 224)
+    assert (g.tile_l0, g.stride_l0, g.level, g.read_size) == (448, 224, 1, 224)
     g = tile_geometry((0.499, 0.499), [1.0], tile_size=224, model_mpp=0.5)
     assert (g.tile_l0, g.stride_l0, g.level, g.read_size) == (224, 224, 0, 224)
     with pytest.raises(ValueError, match="stride"):

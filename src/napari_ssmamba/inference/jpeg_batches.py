@@ -12,7 +12,8 @@ The boxes, padding and resampling rules are those of
 :class:`~napari_ssmamba.inference.predict.SlideTileReader`: outside the slide is white, past the
 level's edge is the slide's background. Only the JPEG decoders differ (IDCT and chroma upsampling
 rounding); :meth:`JpegBatchReader.check` measures that difference on a tile of the slide, and
-:func:`tile_reader_for` uses this reader only when the difference is that small.
+:func:`tile_reader_for` uses nvJPEG only when the difference is that small (libjpeg-turbo is the
+codec the slide readers use themselves).
 """
 
 from __future__ import annotations

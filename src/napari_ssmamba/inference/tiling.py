@@ -43,10 +43,6 @@ class TileGeometry:
     level_downsample: float
     read_size: int
 
-    @property
-    def overlap_l0(self) -> int:
-        return max(self.tile_l0 - self.stride_l0, 0)
-
 
 def choose_level(level_downsamples, slide_mpp: float, target_mpp: float) -> int:
     """Index of the lowest-resolution level whose MPP is at most ``target_mpp`` (level 0 if none)."""
