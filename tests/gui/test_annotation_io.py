@@ -147,3 +147,12 @@ def test_a_layer_on_one_of_two_slides_is_written_in_its_pixels(
     viewer.layers.save(str(tmp_path / "rois.geojson"), selected=True, plugin="napari-ssmamba")
     [written] = read_geojson(tmp_path / "rois.geojson")
     assert written.geometry.bounds == (100, 100, 400, 300)
+
+
+def test_annotations_of_another_image_are_said_to_lie_outside(
+    make_napari_viewer, annotations_dir
+):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-ssmamba", "cmu1_small_region")  # 2,220 x 2,967 px
+    with pytest.warns(UserWarning, match=r"03012023_JN.geojson: \d+ of \d+ objects lie wholly"):
+        viewer.open(str(annotations_dir / "03012023_JN.geojson"), plugin="napari-ssmamba")

@@ -56,6 +56,7 @@ def read_geojson_layers(path: str | list[str]) -> list[LayerDataTuple]:
 
     paths = [path] if isinstance(path, str) else list(path)
     scale, translate = _current_slide_frame()
+    frame_layer = _current_frame_layer()
     layers = []
     for p in paths:
         p = Path(p)
@@ -64,6 +65,8 @@ def read_geojson_layers(path: str | list[str]) -> list[LayerDataTuple]:
         except AnnotationError as exc:
             show_error(str(exc))  # napari's own message only says the reader failed
             raise
+        if frame_layer is not None and is_slide_layer(frame_layer):
+            _warn_if_outside(p, annotations, frame_layer)
         layer_data = annotations_to_layer_data(
             annotations, mpp=scale, name=p.stem, translate=translate or (0.0, 0.0)
         )
@@ -71,6 +74,24 @@ def read_geojson_layers(path: str | list[str]) -> list[LayerDataTuple]:
             meta["metadata"]["napari_ssmamba"]["source"] = str(p)
         layers.extend(layer_data)
     return layers
+
+
+def _warn_if_outside(path: Path, annotations, slide_layer) -> None:
+    """Warn when annotations lie wholly outside the slide they are laid on: drawn on another
+    image, most likely."""
+    import warnings
+
+    from napari_ssmamba.inference.tiling import lies_outside
+
+    slide = slide_layer.metadata["slide"]
+    outside = sum(lies_outside(a.geometry, slide.dimensions) for a in annotations)
+    if outside:
+        warnings.warn(
+            f"{path.name}: {outside} of {len(annotations)} objects lie wholly outside "
+            f"{slide_layer.name} ({slide.dimensions[0]} x {slide.dimensions[1]} px); were they "
+            "drawn on another image?",
+            stacklevel=2,
+        )
 
 
 def _current_slide_frame() -> tuple[tuple[float, float] | None, tuple[float, float] | None]:
