@@ -44,7 +44,8 @@ def render_figure(result, thumbnail: np.ndarray, legend_width: int = 220):
     blended = np.asarray(thumb, np.float32) * (1 - alpha) + overlay[..., :3] * alpha
     picture = Image.fromarray(blended.round().astype(np.uint8))
     outlines = ImageDraw.Draw(picture)  # drawn on the slide's picture: clipped to it
-    for roi in result.rois:
+    font, small = _font(14), _font(12)
+    for roi_index, roi in enumerate(result.rois):
         color = result.class_colors[roi.class_index] if roi.class_index is not None else (0, 0, 0)
         for polygon in getattr(roi.geometry, "geoms", [roi.geometry]):
             if polygon.is_empty or not hasattr(polygon, "exterior"):
@@ -52,13 +53,18 @@ def render_figure(result, thumbnail: np.ndarray, legend_width: int = 220):
             for ring in [polygon.exterior, *polygon.interiors]:
                 xy = [(x * sx, y * sy) for x, y in ring.coords]
                 outlines.line(xy, fill=tuple(color), width=2)
+        if roi.annotation is not None and roi_index < LEGEND_ROIS and not roi.geometry.is_empty:
+            # its name from the legend at its top-left corner, on white to be read on tissue
+            x0, y0 = roi.geometry.bounds[0] * sx + 3, roi.geometry.bounds[1] * sy + 3
+            box = outlines.textbbox((x0, y0), result.roi_label(roi_index), font=small)
+            outlines.rectangle(box, fill="white")
+            outlines.text((x0, y0), result.roi_label(roi_index), fill="black", font=small)
     listed = min(len(result.rois), LEGEND_ROIS) + (len(result.rois) > LEGEND_ROIS)
     legend_height = 42 + 20 * len(result.class_names) + 16 * listed + 50 * result.untrained
     canvas = Image.new("RGB", (tw + legend_width, max(th, legend_height, 200)), "white")
     canvas.paste(picture, (0, 0))
     draw = ImageDraw.Draw(canvas)
 
-    font, small = _font(14), _font(12)
     x0, y = tw + 12, 12
     draw.text((x0, y), "Classes", fill="black", font=font)
     y += 22
