@@ -102,8 +102,12 @@ def test_opens_an_image_that_exists_and_aligns_annotations(widget, tmp_path, dem
     widget.open_button.click()
     [slide] = widget.viewer.layers
     assert widget.status.text() == f"Opened {SAMPLE_SLIDE.resolve()}."
+    other = widget.viewer.add_shapes(
+        name="another image's", metadata={"napari_ssmamba": {"kind": "annotations"}}, scale=(2, 2)
+    )
     layers = widget.load_geojson_file(demo_project_dir / "TD_01_verysmall_mIF.geojson")
     assert layers and all(tuple(layer.scale) == tuple(slide.scale[-2:]) for layer in layers)
+    assert tuple(other.scale) == (2.0, 2.0)  # only the file's layers move onto the slide
 
 
 def test_bad_project_file(widget, tmp_path):

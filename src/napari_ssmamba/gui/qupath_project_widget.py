@@ -166,7 +166,9 @@ class QuPathProjectWidget(QWidget):
             self._say(str(exc), error=True)
             return []
         layers = self._add_layers(annotations, Path(path), mpp=None)
-        self._on_align()
+        slide = annotation_frame_layer(self.viewer)
+        if slide is not None:  # these layers only: others may belong to another image
+            align_to_layer(layers, slide)
         self._say(
             f"Loaded {Path(path).name}" + (f"; repaired: {'; '.join(report)}" if report else ".")
         )
