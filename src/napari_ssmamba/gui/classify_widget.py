@@ -491,9 +491,11 @@ class ClassifyWidget(QWidget):
         """The legend at its own height, up to 12 lines; a longer one scrolls."""
         self.legend_label.setText(html)
         most = 12 * self.legend_label.fontMetrics().lineSpacing()
-        needed = self.legend_label.heightForWidth(self.legend_area.viewport().width())
-        needed = max(needed, self.legend_label.sizeHint().height()) + 2 * self.legend_area.frameWidth()
-        self.legend_area.setFixedHeight(min(needed + 2, most))
+        needed = max(
+            self.legend_label.heightForWidth(self.legend_area.viewport().width()),
+            self.legend_label.sizeHint().height(),
+        )
+        self.legend_area.setFixedHeight(min(needed + 2 * self.legend_area.frameWidth() + 2, most))
 
     def _label_rois(self, layer, result) -> None:
         """Predicted class, confidence, edge colour and text on each ROI row.
