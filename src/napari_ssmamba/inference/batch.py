@@ -337,11 +337,6 @@ def outcome_from_record(task: SlideTask, status: str, record: dict, seconds: flo
     )
 
 
-def skipped_outcome(task: SlideTask, out_dir: Path) -> SlideOutcome:
-    """The summary row of a slide whose outputs are complete, read from its run record."""
-    return outcome_from_record(task, "skipped", _run_record(task, out_dir))
-
-
 def _run_record(task: SlideTask, out_dir: Path) -> dict:
     from napari_ssmamba.export import output_paths
 
@@ -397,9 +392,10 @@ def predict_slides(
     redone: dict[str, str] = {}  # stem -> why its complete outputs are made again
     for task in tasks:
         if outputs_complete(settings.out_dir, task.stem):
-            why = made_otherwise(_run_record(task, settings.out_dir), task, settings)
+            record = _run_record(task, settings.out_dir)
+            why = made_otherwise(record, task, settings)
             if not why:
-                outcomes[task.stem] = skipped_outcome(task, settings.out_dir)
+                outcomes[task.stem] = outcome_from_record(task, "skipped", record)
                 continue
             redone[task.stem] = f"replaces outputs made with {why}"
         to_run.append(task)
