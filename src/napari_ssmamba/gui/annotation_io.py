@@ -12,6 +12,7 @@ from napari_ssmamba.gui.layers import (
     LayerDataTuple,
     annotations_in_slide_frame,
     annotations_to_layer_data,
+    in_slide_frame,
     layer_to_annotations,
 )
 from napari_ssmamba.gui.slide_reader import annotation_frame_layer, is_slide_layer
@@ -114,33 +115,19 @@ def write_geojson(path: str, layer_data: list[tuple[Any, dict, str]]) -> list[st
     """Write shapes and points layers to ``path`` as one QuPath GeoJSON FeatureCollection, in
     level-0 slide pixels: a layer in a slide's frame (scale and translate) as it is, one in
     another frame mapped onto the slide open in napari (see ``annotation_frame_layer``)."""
+    import napari
     from napari.layers import Layer
 
-    frames = _slide_frames()
-    slide = _current_frame_layer()
+    viewer = napari.current_viewer()
+    slides = [] if viewer is None else [lr for lr in viewer.layers if is_slide_layer(lr)]
+    current = None if viewer is None else annotation_frame_layer(viewer)
     annotations = []
     for data, meta, layer_type in layer_data:
-        frame = _frame(meta.get("scale", (1.0, 1.0)), meta.get("translate", (0.0, 0.0)))
-        if slide is None or frame in frames:
-            annotations.extend(layer_to_annotations((data, meta, layer_type)))
+        layer = Layer.create(data, meta, layer_type)
+        slide = next((s for s in slides if in_slide_frame(layer, s)), current)
+        if slide is None:
+            annotations.extend(layer_to_annotations(layer))
         else:
-            layer = Layer.create(data, meta, layer_type)
             annotations.extend(annotations_in_slide_frame(layer, slide))
     write_annotations(annotations, path)
     return [str(path)]
-
-
-def _frame(scale, translate) -> tuple:
-    return tuple(round(float(v), 9) for v in (*list(scale)[-2:], *list(translate)[-2:]))
-
-
-def _slide_frames() -> set[tuple]:
-    """The frames of the slide layers open in napari's current viewer."""
-    import napari
-
-    viewer = napari.current_viewer()
-    if viewer is None:
-        return set()
-    return {
-        _frame(layer.scale, layer.translate) for layer in viewer.layers if is_slide_layer(layer)
-    }

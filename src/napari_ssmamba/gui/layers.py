@@ -359,6 +359,22 @@ def layer_to_annotations(layer_or_layer_data: Any) -> list[Annotation]:
     return annotations
 
 
+def _to_slide_frame(layer: Any, slide_layer: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, offset) taking ``layer``'s data coordinates to ``slide_layer``'s, per (y, x)."""
+    slide_scale = np.asarray(slide_layer.scale[-2:], float)
+    scale = np.asarray(layer.scale[-2:], float) / slide_scale
+    offset = (
+        np.asarray(layer.translate[-2:], float) - np.asarray(slide_layer.translate[-2:], float)
+    ) / slide_scale
+    return scale, offset
+
+
+def in_slide_frame(layer: Any, slide_layer: Any) -> bool:
+    """Whether ``layer``'s data coordinates are ``slide_layer``'s level-0 pixels."""
+    scale, offset = _to_slide_frame(layer, slide_layer)
+    return bool(np.allclose(scale, 1.0) and np.allclose(offset, 0.0))
+
+
 def annotations_in_slide_frame(layer: Any, slide_layer: Any) -> list[Annotation]:
     """Annotations of a shapes or points ``layer`` in the level-0 pixels of ``slide_layer``.
 
@@ -369,12 +385,9 @@ def annotations_in_slide_frame(layer: Any, slide_layer: Any) -> list[Annotation]
     from shapely import affinity
 
     annotations = layer_to_annotations(layer)
-    scale = np.asarray(layer.scale[-2:], float) / np.asarray(slide_layer.scale[-2:], float)
-    offset = (np.asarray(layer.translate[-2:], float) - np.asarray(slide_layer.translate[-2:], float)) / (
-        np.asarray(slide_layer.scale[-2:], float)
-    )
-    if np.allclose(scale, 1.0) and np.allclose(offset, 0.0):
+    if in_slide_frame(layer, slide_layer):
         return annotations
+    scale, offset = _to_slide_frame(layer, slide_layer)
     # shapely geometries are (x, y): [a, b, d, e, xoff, yoff] maps x' = a x + xoff, y' = e y + yoff
     matrix = [scale[1], 0.0, 0.0, scale[0], offset[1], offset[0]]
     for annotation in annotations:
