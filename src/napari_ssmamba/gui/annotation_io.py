@@ -56,8 +56,8 @@ def read_geojson_layers(path: str | list[str]) -> list[LayerDataTuple]:
     from napari_ssmamba.errors import AnnotationError
 
     paths = [path] if isinstance(path, str) else list(path)
-    scale, translate = _current_slide_frame()
     frame_layer = _current_frame_layer()
+    scale, translate = _frame_of(frame_layer)
     layers = []
     for p in paths:
         p = Path(p)
@@ -95,8 +95,9 @@ def _warn_if_outside(path: Path, annotations, slide_layer) -> None:
         )
 
 
-def _current_slide_frame() -> tuple[tuple[float, float] | None, tuple[float, float] | None]:
-    slide = _current_frame_layer()
+def _frame_of(slide) -> tuple[tuple[float, float] | None, tuple[float, float] | None]:
+    """(scale, translate) of the layer annotations go on: scale None at 1 px, both None
+    without a layer."""
     if slide is None:
         return None, None
     scale = tuple(float(s) for s in slide.scale[-2:])
