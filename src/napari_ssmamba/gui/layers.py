@@ -166,7 +166,7 @@ def _shapes_layer(annotations, layer_name, frame, extent, text) -> LayerDataTupl
         "face_color": np.asarray(face) if face else "transparent",
         "edge_color": np.asarray(edge) if edge else "#ff0000",
         # widths are in level-0 px: visible on a whole small image, not bloated on a whole slide
-        "edge_width": _clip(extent / 400, 1.0, 16.0) if text else _clip(extent / 1500, 0.5, 4.0),
+        "edge_width": annotation_edge_width(extent) if text else _clip(extent / 1500, 0.5, 4.0),
         "opacity": 1.0,
         "metadata": {"napari_ssmamba": {"kind": "annotations"}},
         **frame,
@@ -285,6 +285,12 @@ def _features_table(rows: list[dict], measurement_names: list[str]):
 
 def _feature_defaults(measurement_names: list[str]) -> dict[str, Any]:
     return _DEFAULTS | {key: math.nan for key in measurement_names}
+
+
+def annotation_edge_width(extent: float) -> float:
+    """Edge width (level-0 px) of annotations over ``extent`` level-0 px: visible on a whole small
+    image, not bloated on a whole slide."""
+    return _clip(extent / 400, 1.0, 16.0)
 
 
 def _clip(value: float, low: float, high: float) -> float:

@@ -198,6 +198,8 @@ def fit_drawn_layers_to_slides(layers) -> None:
         return
     from napari.layers import Points, Shapes
 
+    from napari_ssmamba.gui.layers import annotation_edge_width
+
     in_microns = any(str(layer.units[-1]) in ("micrometer", MICRONS) for layer in slides)
     slide_extent = max(max(layer.metadata["slide"].dimensions) for layer in slides)
     for layer in layers:
@@ -208,7 +210,7 @@ def fit_drawn_layers_to_slides(layers) -> None:
         if isinstance(layer, Shapes) and layer.nshapes == 0 and _has_napari_fill(layer):
             layer.current_face_color = "transparent"
             layer.current_edge_color = "#ff0000"
-            layer.current_edge_width = min(max(slide_extent / 400, 1.0), 16.0)
+            layer.current_edge_width = annotation_edge_width(slide_extent)
             layer.opacity = 1.0
 
 
