@@ -13,12 +13,8 @@ def layer_rgb(data, meta: dict) -> np.ndarray:
     limits, laid over white where the colormap is transparent."""
     from napari.utils.colormaps import ensure_colormap
 
-    if meta.get("multiscale"):
-        data = data[0]
-    array = np.asarray(data)
-    if meta.get("rgb") or (
-        array.ndim == 3 and array.shape[-1] in (3, 4) and array.dtype == np.uint8
-    ):
+    array = _level0(data, meta)
+    if _is_rgb(array, meta):
         return np.ascontiguousarray(array[..., :3], dtype=np.uint8)
     array = array.astype(np.float32)
     if array.ndim != 2:
@@ -31,6 +27,18 @@ def layer_rgb(data, meta: dict) -> np.ndarray:
     rgba = colormap.map(np.nan_to_num(normalised).ravel()).reshape(*array.shape, 4)
     over_white = rgba[..., :3] * rgba[..., 3:] + (1.0 - rgba[..., 3:])  # as on glass, not black
     return (over_white * 255).round().astype(np.uint8)
+
+
+def _level0(data, meta: dict) -> np.ndarray:
+    return np.asarray(data[0] if meta.get("multiscale") else data)
+
+
+def _is_rgb(array: np.ndarray, meta: dict) -> bool:
+    """Whether the layer shows its pixels as colours (else through a colormap: a heatmap)."""
+    return bool(
+        meta.get("rgb")
+        or (array.ndim == 3 and array.shape[-1] in (3, 4) and array.dtype == np.uint8)
+    )
 
 
 def write_heatmap(path: str, data, meta: dict) -> list[str]:
@@ -61,11 +69,10 @@ def write_heatmap(path: str, data, meta: dict) -> list[str]:
     rgb = np.repeat(np.repeat(rgb, repeat, axis=0), repeat, axis=1)
     if pad_y or pad_x:
         rgb = np.pad(rgb, ((pad_y, 0), (pad_x, 0), (0, 0)), constant_values=255)
-    heatmap = not (meta.get("rgb") or np.ndim(data[0] if meta.get("multiscale") else data) == 3)
     path = write_pyramidal_tiff(
         Path(path),
         rgb,
         tuple(pixel) if in_microns else None,
-        description=HEATMAP_DESCRIPTION if heatmap else None,
+        description=None if _is_rgb(_level0(data, meta), meta) else HEATMAP_DESCRIPTION,
     )
     return [str(path)]
