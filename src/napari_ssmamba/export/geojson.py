@@ -45,8 +45,8 @@ def _own_measurements(source) -> dict:
     }
 
 
-def _properties_kept(source) -> dict:
-    """The ROI's own extra properties, with its class (if any) in QuPath's object metadata."""
+def _properties_kept(source, own_class: str | None) -> dict:
+    """The ROI's own extra properties, with its own class (if any) in QuPath's object metadata."""
     properties = dict(source.extra_properties)
     metadata = properties.get("metadata")
     metadata = (
@@ -54,9 +54,8 @@ def _properties_kept(source) -> dict:
         if isinstance(metadata, dict)
         else {}
     )
-    own = _own_class(source)
-    if own:
-        metadata["input_class"] = own
+    if own_class:
+        metadata["input_class"] = own_class
     if metadata:
         properties["metadata"] = metadata
     else:
@@ -83,10 +82,10 @@ def result_annotations(result, tiles: bool = True) -> list:
             n_tiles=int(roi.n_tiles), n_background_tiles=int(roi.n_background_tiles)
         )
         source = roi.annotation if hasattr(roi.annotation, "geometry") else None
+        own = None if source is None else _own_class(source)
         if roi.class_index is not None:
             fields = {"class_name": roi.class_name, "color": colors[roi.class_index]}
-        elif source is not None and _own_class(source):  # nothing to predict from: its own class
-            own = _own_class(source)
+        elif own:  # nothing to predict from: the ROI keeps its own class
             color = source.color if own == source.class_name else default_class_color(own)
             fields = {"class_name": own, "color": color}
         else:
@@ -99,7 +98,7 @@ def result_annotations(result, tiles: bool = True) -> list:
                 "id": source.id,
                 "is_ellipse": source.is_ellipse,
                 "locked": source.locked,
-                "extra_properties": _properties_kept(source),
+                "extra_properties": _properties_kept(source, own),
             }
             measurements = _own_measurements(source) | measurements
         out.append(
