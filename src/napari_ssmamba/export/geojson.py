@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 #: the measurements a result writes on an ROI (with ``prob_<class>``)
 RESULT_MEASUREMENTS = ("confidence", "n_tiles", "n_background_tiles")
 
